@@ -1,0 +1,13 @@
+"""A thread-safe native metrics buffer for arroyo, and the patch that makes arroyo use it.
+
+``import arroyo_metrics_buffer`` never imports arroyo; :func:`install` does.
+"""
+
+from ._native import DeliveryCallback, MetricsBuffer, __version__, reset_logging
+
+__all__ = [
+    "DeliveryCallback",
+    "MetricsBuffer",
+    "__version__",
+    "reset_logging",
+]
