@@ -4,10 +4,16 @@
 """
 
 from ._native import DeliveryCallback, MetricsBuffer, __version__, reset_logging
+from ._patch import TargetStatus, install, installed, status, uninstall
 
 __all__ = [
     "DeliveryCallback",
     "MetricsBuffer",
+    "TargetStatus",
     "__version__",
+    "install",
+    "installed",
     "reset_logging",
+    "status",
+    "uninstall",
 ]

@@ -1,0 +1,121 @@
+"""The compiled core of arroyo-metrics-buffer (Rust, PyO3)."""
+
+from collections.abc import Mapping
+from numbers import Real
+from typing import Any, Literal, SupportsFloat, final
+
+__all__ = [
+    "DeliveryCallback",
+    "MetricsBuffer",
+    "__version__",
+    "_after_fork_in_child",
+    "reset_logging",
+]
+
+__version__: str
+
+_PendingKind = Literal["timer", "counter", "sample"]
+
+@final
+class MetricsBuffer:
+    """A thread-safe, drop-in replacement for ``arroyo.processing.processor.MetricsBuffer``.
+
+    Timers (float sums), counters (int sums) and samples (one timing per call) are kept per metric
+    name and tags, in first-appearance order, for one flush window. A flush swaps the window out
+    under a lock and calls the backend after releasing it: timers as ``timing(name, value)``, then
+    counters as ``increment(name, value)``, then samples one by one as ``timing(name, value)``, with
+    ``tags=`` only when there are tags (all three as keywords when ``keyword_args`` is true, as
+    arroyo's ``ConfluentProducer`` calls them).
+
+    Every ``incr_*`` / ``record_timing`` call flushes when more than ``frequency_sec`` seconds have
+    passed since the last flush, by ``time.time`` as looked up at call time. Exactly one caller
+    wins each flush and only one thread emits at a time; ``flush()`` called while another thread
+    emits hands its flush to that thread instead of waiting.
+
+    A backend exception never escapes: what was not sent is kept (ahead of newer keys) for the
+    next flush, nothing sent is sent again, and one warning with the traceback is logged to the
+    ``arroyo_metrics_buffer`` logger. A backend that calls back into the buffer while it is being
+    flushed adds to the next window.
+    """
+
+    def __new__(
+        cls,
+        metrics: Any | None = None,
+        *,
+        frequency_sec: SupportsFloat | None = None,
+        max_samples: int | None = None,
+        keyword_args: bool = False,
+    ) -> MetricsBuffer:
+        """``metrics`` is the backend (``None``: arroyo's ``get_metrics()`` now, which needs arroyo
+        installed); ``frequency_sec`` (default 1.0) must be a non-negative number; at most
+        ``max_samples`` (default 1,000,000) samples are held, and further ones are dropped and
+        counted in ``dropped_samples``."""
+
+    @property
+    def metrics(self) -> Any:
+        """The backend flushes call."""
+
+    @property
+    def frequency_sec(self) -> float: ...
+    @property
+    def max_samples(self) -> int: ...
+    @property
+    def keyword_args(self) -> bool: ...
+    @property
+    def flushes(self) -> int:
+        """Windows emitted (or attempted) so far."""
+
+    @property
+    def flush_errors(self) -> int:
+        """Flushes the backend raised in."""
+
+    @property
+    def dropped_samples(self) -> int:
+        """Samples dropped because ``max_samples`` were already held."""
+
+    def incr_counter(self, metric: str, delta: int, tags: Mapping[str, str] | None = None) -> None:
+        """Add ``delta`` to the counter; ``OverflowError`` if the sum would leave the int64 range."""
+
+    def incr_timing(self, metric: str, duration: float | Real, tags: Mapping[str, str] | None = None) -> None:
+        """Add ``duration`` to the timer."""
+
+    def record_timing(self, metric: str, value: float | Real, tags: Mapping[str, str] | None = None) -> None:
+        """Keep one timing sample, emitted on its own."""
+
+    def flush(self) -> None:
+        """Emit everything pending now."""
+
+    def pending(self) -> list[tuple[_PendingKind, str, dict[str, str] | None, float, int]]:
+        """What the next flush would emit, without flushing: ``(kind, name, tags, value, count)``
+        per key in emission order; for samples ``value`` is their sum and ``count`` their number."""
+
+    def delivery_callback(
+        self,
+        counter: str,
+        success_tags: Mapping[str, str] | None,
+        error_tags: Mapping[str, str] | None,
+        latency: str | None = None,
+        latency_tags: Mapping[str, str] | None = None,
+    ) -> DeliveryCallback:
+        """A callable for confluent-kafka delivery reports that counts ``counter`` under
+        ``success_tags`` or ``error_tags`` and, with ``latency``, records a ``latency`` sample of
+        ``time.time() - time_of_produce``, both at once, then does the throttled flush."""
+
+@final
+class DeliveryCallback:
+    """See :meth:`MetricsBuffer.delivery_callback`."""
+
+    @property
+    def buffer(self) -> MetricsBuffer: ...
+    def report(self, error: object | None, _message: object, time_of_produce: float | None = None) -> None:
+        """Count one delivery report (``error`` is None on success)."""
+
+    def __call__(
+        self, error: object | None, _message: object, time_of_produce: float | None = None
+    ) -> None: ...
+
+def _after_fork_in_child() -> None:
+    """Registered with ``os.register_at_fork``: buffers start empty in a forked child."""
+
+def reset_logging() -> None:
+    """Forget cached Python loggers (after the application replaced its logger objects)."""

@@ -1,0 +1,140 @@
+"""Target: ``arroyo.backends.kafka.consumer.ConfluentProducer``, the producer under KafkaProducer.
+
+Its delivery callbacks run on whichever thread polls the producer (KafkaProducer's worker thread,
+or any thread calling ``poll()`` / ``flush()``), and count ``arroyo.producer.produce_status`` per
+status in a dict (2.31.2+), plus one ``arroyo.producer.callback_latency`` sample per delivery in a
+list (2.40.3+), flushed by iterating them. Patched, arroyo's ``__init__`` still runs, then the
+instance's ``__metrics_delivery_callback`` and ``__flush_metrics`` become a native delivery callback
+and the native buffer's ``flush``; ``flush()``, ``produce()`` and the wrapped user callbacks are
+arroyo's own.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+from ._native import MetricsBuffer
+from ._patch import BUFFER_ATTR, Shape, Target, attach, frequency_of, missing, names_used, native_of, params
+
+PRODUCE_STATUS = "arroyo.producer.produce_status"
+CALLBACK_LATENCY = "arroyo.producer.callback_latency"
+CALLBACK = "_ConfluentProducer__metrics_delivery_callback"
+FLUSH_METRICS = "_ConfluentProducer__flush_metrics"
+
+DIRECT = Shape(
+    "emits each delivery report directly (2.31.0-2.31.1): no buffer, nothing to fix", needs_patch=False
+)
+COUNTERS = Shape("produce_status counters in a dict (2.31.2-2.40.2)")
+COUNTERS_AND_LATENCY = Shape(
+    "produce_status counters in a dict and callback_latency samples in a list (2.40.3+)", latency=True
+)
+
+
+def status_tags(producer_name: str | None, status: str) -> dict[str, str]:
+    """As arroyo builds them: status first, then producer_name when client.id is set."""
+    tags = {"status": status}
+    if producer_name:
+        tags["producer_name"] = producer_name
+    return tags
+
+
+def latency_tags(producer_name: str | None) -> dict[str, str]:
+    return {"producer_name": producer_name or "N/A"}
+
+
+class ConfluentProducerTarget(Target):
+    module_name = "arroyo.backends.kafka.consumer"
+    class_name = "ConfluentProducer"
+
+    def detect(self, cls: type, namespace: Mapping[str, Any]) -> Shape | str:
+        absent = missing(namespace, ("__init__", CALLBACK, "produce"))
+        if absent:
+            return f"has no {', '.join(absent)}"
+        callback = namespace[CALLBACK]
+        callback_uses = names_used(callback)
+        if FLUSH_METRICS not in namespace:
+            if "increment" in callback_uses and PRODUCE_STATUS in callback_uses:
+                return DIRECT
+            return "has no __flush_metrics and does not emit directly either"
+        absent = missing(namespace, (FLUSH_METRICS, "flush"))
+        if absent:
+            return f"has no {', '.join(absent)}"
+        flush_uses = names_used(namespace[FLUSH_METRICS])
+        if PRODUCE_STATUS not in flush_uses or "_ConfluentProducer__produce_counters" not in callback_uses:
+            return "does not buffer produce_status the way arroyo 2.31.2+ does"
+        try:
+            frequency_of(cls)
+        except (AttributeError, TypeError, ValueError) as e:
+            return f"has no usable METRICS_FREQUENCY_SEC: {e}"
+        signature = params(callback)
+        if signature == ("self", "error", "_message") and CALLBACK_LATENCY not in flush_uses:
+            return COUNTERS
+        if (
+            signature == ("self", "error", "_message", "time_of_produce")
+            and CALLBACK_LATENCY in flush_uses
+            and "_ConfluentProducer__callback_latency" in callback_uses
+        ):
+            return COUNTERS_AND_LATENCY
+        return f"has __metrics_delivery_callback{signature}, which no known arroyo version has"
+
+    def replacements(self, cls: type, shape: Shape) -> dict[str, Any]:
+        original = {name: cls.__dict__[name] for name in ("__init__", CALLBACK, FLUSH_METRICS)}
+
+        def make(producer: Any) -> MetricsBuffer:
+            name = producer.producer_name
+            native = MetricsBuffer(
+                producer._ConfluentProducer__metrics, frequency_sec=frequency_of(cls), keyword_args=True
+            )
+            # An instance from before install(): carry over what it had pending.
+            counters = vars(producer).get("_ConfluentProducer__produce_counters")
+            if counters:
+                items = list(counters.items())
+                counters.clear()
+                for status, count in items:
+                    native.incr_counter(PRODUCE_STATUS, count, status_tags(name, status))
+            latencies = vars(producer).get("_ConfluentProducer__callback_latency")
+            if latencies:
+                values = list(latencies)
+                latencies.clear()
+                for value in values:
+                    native.record_timing(CALLBACK_LATENCY, value, latency_tags(name))
+            return native
+
+        def bind(producer: Any, native: MetricsBuffer) -> None:
+            name = producer.producer_name
+            callback = native.delivery_callback(
+                PRODUCE_STATUS,
+                status_tags(name, "success"),
+                status_tags(name, "error"),
+                CALLBACK_LATENCY if shape.latency else None,
+                latency_tags(name) if shape.latency else None,
+            )
+            # A bound builtin method: arroyo's `self.__metrics_delivery_callback(...)` is then one
+            # vectorcall into native code.
+            vars(producer)[CALLBACK] = callback.report
+            vars(producer)[FLUSH_METRICS] = native.flush
+
+        @functools.wraps(original["__init__"])
+        def __init__(self: Any, configuration: Any, *args: Any, **kwargs: Any) -> None:
+            original["__init__"](self, configuration, *args, **kwargs)
+            attach(self, make, bind)
+
+        @functools.wraps(original[CALLBACK])
+        def metrics_delivery_callback(self: Any, *args: Any, **kwargs: Any) -> None:
+            if native_of(self, make, bind) is None:
+                return original[CALLBACK](self, *args, **kwargs)  # type: ignore[no-any-return]
+            return vars(self)[CALLBACK](*args, **kwargs)  # type: ignore[no-any-return]
+
+        @functools.wraps(original[FLUSH_METRICS])
+        def flush_metrics(self: Any) -> None:
+            native = native_of(self, make, bind)
+            if native is None:
+                return original[FLUSH_METRICS](self)  # type: ignore[no-any-return]
+            return native.flush()
+
+        return {"__init__": __init__, CALLBACK: metrics_delivery_callback, FLUSH_METRICS: flush_metrics}
+
+
+__all__ = ["BUFFER_ATTR", "ConfluentProducerTarget"]

@@ -1,0 +1,442 @@
+"""The native MetricsBuffer on its own: emission format, throttle, failures, threads, bad input."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from fractions import Fraction
+from typing import Any
+from unittest import mock
+
+import pytest
+from arroyo_metrics_buffer import MetricsBuffer
+from conftest import BackendError, Recorder
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(old)
+
+
+def test_flush_calls_the_backend_like_arroyo(recorder: Recorder) -> None:
+    buf = MetricsBuffer(recorder)
+    buf.incr_counter("c1", 1)
+    buf.incr_timing("t1", 0.5)
+    buf.incr_counter("c2", 2, tags={"a": "b"})
+    buf.incr_timing("t2", 1)
+    buf.incr_counter("c1", 3)
+    buf.incr_timing("t1", 0.25)
+    buf.record_timing("s", 1.5, {"x": "y"})
+    buf.record_timing("s", 2.5, {"x": "y"})
+    assert recorder.calls == []
+    buf.flush()
+    assert recorder.calls == [
+        ("timing", "t1", 0.75, None),
+        ("timing", "t2", 1.0, None),
+        ("increment", "c1", 4, None),
+        ("increment", "c2", 2, {"a": "b"}),
+        ("timing", "s", 1.5, {"x": "y"}),
+        ("timing", "s", 2.5, {"x": "y"}),
+    ]
+    assert buf.pending() == []
+    buf.flush()
+    assert len(recorder.calls) == 6
+
+
+def test_positional_and_keyword_call_styles() -> None:
+    seen: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    class Spy:
+        def increment(self, *args: Any, **kwargs: Any) -> None:
+            seen.append(("increment", args, kwargs))
+
+        def timing(self, *args: Any, **kwargs: Any) -> None:
+            seen.append(("timing", args, kwargs))
+
+    for keyword_args in (False, True):
+        buf = MetricsBuffer(Spy(), keyword_args=keyword_args)
+        buf.incr_counter("c", 1)
+        buf.record_timing("s", 2.0, {"k": "v"})
+        buf.flush()
+    assert seen == [
+        ("increment", ("c", 1), {}),
+        ("timing", ("s", 2.0), {"tags": {"k": "v"}}),
+        ("increment", (), {"name": "c", "value": 1}),
+        ("timing", (), {"name": "s", "value": 2.0, "tags": {"k": "v"}}),
+    ]
+
+
+def test_tags_are_a_mapping_key_and_keep_their_first_order(recorder: Recorder) -> None:
+    class Tags(Mapping[str, str]):
+        def __init__(self, **items: str) -> None:
+            self._items = items
+
+        def __getitem__(self, key: str) -> str:
+            return self._items[key]
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self._items)
+
+        def __len__(self) -> int:
+            return len(self._items)
+
+    buf = MetricsBuffer(recorder)
+    buf.incr_counter("c", 1, {"b": "2", "a": "1"})
+    buf.incr_counter("c", 1, Tags(a="1", b="2"))
+    buf.incr_counter("c", 1, {})
+    buf.incr_counter("c", 1, None)
+    buf.flush()
+    assert recorder.calls == [
+        ("increment", "c", 2, {"b": "2", "a": "1"}),
+        ("increment", "c", 2, None),
+    ]
+    assert list(recorder.calls[0][3] or {}) == ["b", "a"]
+
+
+def test_pending_and_statistics(recorder: Recorder) -> None:
+    buf = MetricsBuffer(recorder, max_samples=2)
+    buf.incr_counter("c", 2)
+    buf.incr_counter("c", 3)
+    buf.incr_timing("t", 0.5, {"k": "v"})
+    for v in (1.0, 2.0, 4.0):
+        buf.record_timing("s", v)
+    assert buf.pending() == [
+        ("timer", "t", {"k": "v"}, 0.5, 1),
+        ("counter", "c", None, 5, 2),
+        ("sample", "s", None, 3.0, 2),
+    ]
+    assert (buf.flushes, buf.flush_errors, buf.dropped_samples) == (0, 0, 1)
+    buf.flush()
+    assert (buf.flushes, buf.flush_errors, buf.dropped_samples) == (1, 0, 1)
+    assert "pending=0" in repr(buf)
+
+
+def test_a_patched_time_time_drives_the_throttle(recorder: Recorder) -> None:
+    with mock.patch("time.time", return_value=100.0) as clock:
+        buf = MetricsBuffer(recorder, frequency_sec=1.0)
+        clock.return_value = 100.5
+        buf.incr_counter("c", 1)
+        clock.return_value = 101.0  # exactly frequency_sec: not more, no flush
+        buf.incr_counter("c", 1)
+        assert recorder.calls == []
+        clock.return_value = 101.25
+        buf.incr_timing("t", 2.0)  # this call's own value goes out with the flush it triggers
+        assert recorder.calls == [("timing", "t", 2.0, None), ("increment", "c", 2, None)]
+        buf.incr_counter("c", 1)
+        clock.return_value = 102.25  # the flush at 101.25 restarted the period: 1.0 is not more
+        buf.incr_counter("c", 1)
+        assert len(recorder.calls) == 2
+        clock.return_value = 102.26
+        buf.incr_counter("c", 1)
+        assert recorder.calls[2:] == [("increment", "c", 3, None)]
+    assert clock.call_count == 9  # creation, one per increment, one after each flush
+
+
+def test_frequency_sec_zero_flushes_whenever_the_clock_moves(recorder: Recorder) -> None:
+    ticks = iter(float(t) for t in range(100))
+    with mock.patch("time.time", side_effect=lambda: next(ticks)):
+        buf = MetricsBuffer(recorder, frequency_sec=0)
+        buf.incr_counter("c", 1)
+        buf.incr_counter("c", 2)
+    assert recorder.calls == [("increment", "c", 1, None), ("increment", "c", 2, None)]
+
+
+def test_metrics_none_means_arroyos_get_metrics() -> None:
+    from arroyo.utils.metrics import get_metrics
+
+    assert MetricsBuffer().metrics is get_metrics()
+
+
+def test_metrics_none_without_arroyo_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "arroyo.utils.metrics", None)
+    with pytest.raises(ImportError, match=r"metrics=None.*arroyo"):
+        MetricsBuffer()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (
+            lambda b: b.incr_counter(1, 1),
+            TypeError,
+            r"incr_counter\(\) argument 'metric' must be str, not int",
+        ),
+        (lambda b: b.incr_counter(b"c", 1), TypeError, r"'metric' must be str, not bytes"),
+        (lambda b: b.incr_counter("c", 1.0), TypeError, r"'delta' must be int, not float"),
+        (lambda b: b.incr_counter("c", "1"), TypeError, r"'delta' must be int, not str"),
+        (lambda b: b.incr_counter("c", None), TypeError, r"'delta' must be int, not NoneType"),
+        (lambda b: b.incr_counter("c", 2**63), OverflowError, r"'delta' does not fit a 64-bit"),
+        (lambda b: b.incr_counter("c", -(2**63) - 1), OverflowError, r"'delta' does not fit"),
+        (lambda b: b.incr_counter("big", 1), OverflowError, r"counter \"big\" would overflow"),
+        (
+            lambda b: b.incr_timing("t", "0.5"),
+            TypeError,
+            r"incr_timing\(\) argument 'duration' must be a real number, not str",
+        ),
+        (lambda b: b.incr_timing("t", 1j), TypeError, r"'duration' must be a real number, not complex"),
+        (lambda b: b.incr_timing(None, 1.0), TypeError, r"'metric' must be str, not NoneType"),
+        (
+            lambda b: b.record_timing("s", None),
+            TypeError,
+            r"record_timing\(\) argument 'value' must be a real number",
+        ),
+        (lambda b: b.record_timing("s", 10**400), OverflowError, r"'value'"),
+        (
+            lambda b: b.incr_counter("c", 1, ["a"]),
+            TypeError,
+            r"'tags' must be None or a mapping of str to str, not list",
+        ),
+        (lambda b: b.incr_counter("c", 1, {"a": 1}), TypeError, r"'tags' must map str to str, got 'a': 1"),
+        (lambda b: b.incr_timing("t", 1.0, {1: "a"}), TypeError, r"'tags' must map str to str"),
+        (lambda b: b.record_timing("s", 1.0, "a=b"), TypeError, r"'tags' must be None or a mapping"),
+    ],
+)
+def test_bad_input_is_refused_and_changes_nothing(
+    recorder: Recorder, call: Any, error: type[Exception], message: str
+) -> None:
+    buf = MetricsBuffer(recorder)
+    buf.incr_counter("big", 2**63 - 1)
+    buf.incr_counter("c", 1, {"a": "b"})
+    buf.record_timing("s", 1.0)
+    before = buf.pending()
+    with pytest.raises(error, match=message):
+        call(buf)
+    assert buf.pending() == before
+    buf.flush()
+    assert recorder.totals() == Counter(
+        {("increment", "big", ()): 2**63 - 1, ("increment", "c", (("a", "b"),)): 1, ("timing", "s", ()): 1.0}
+    )
+
+
+def test_real_numbers_are_accepted(recorder: Recorder) -> None:
+    buf = MetricsBuffer(recorder)
+    buf.incr_timing("t", 1)
+    buf.incr_timing("t", Fraction(1, 4))
+    buf.incr_timing("t", True)
+    buf.incr_counter("c", True)
+    buf.flush()
+    assert recorder.calls == [("timing", "t", 2.25, None), ("increment", "c", 1, None)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"frequency_sec": -0.5}, ValueError, r"'frequency_sec' must be a non-negative number, not -0.5"),
+        (
+            {"frequency_sec": float("nan")},
+            ValueError,
+            r"'frequency_sec' must be a non-negative number, not NaN",
+        ),
+        ({"frequency_sec": "1"}, TypeError, r"'frequency_sec' must be a real number, not str"),
+        ({"max_samples": -1}, ValueError, r"'max_samples' must be >= 0, not -1"),
+        ({"max_samples": 1.5}, TypeError, r"'max_samples' must be int, not float"),
+    ],
+)
+def test_bad_constructor_arguments(
+    recorder: Recorder, kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        MetricsBuffer(recorder, **kwargs)
+
+
+def test_a_failing_backend_loses_and_repeats_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = Recorder(fail_every=3)
+    buf = MetricsBuffer(backend)
+    buf.incr_timing("t", 1.0)
+    buf.incr_counter("a", 1)
+    buf.incr_counter("b", 2)  # third call: fails
+    buf.incr_counter("c", 3)
+    with caplog.at_level(logging.WARNING, logger="arroyo_metrics_buffer"):
+        buf.flush()
+    assert backend.calls == [("timing", "t", 1.0, None), ("increment", "a", 1, None)]
+    assert buf.pending() == [("counter", "b", None, 2, 1), ("counter", "c", None, 3, 1)]
+    [record] = caplog.records
+    assert record.name == "arroyo_metrics_buffer"
+    assert record.levelno == logging.WARNING
+    assert "2 metric call(s) kept for the next flush" in record.getMessage()
+    assert "Traceback (most recent call last)" in record.getMessage()
+    assert "BackendError: call 3 fails" in record.getMessage()
+    # Newer values for a kept key join it; new keys go after.
+    buf.incr_counter("d", 4)
+    buf.incr_counter("b", 10)
+    buf.flush()  # b, c, d: the 6th call (d) fails
+    buf.flush()
+    assert backend.calls[2:] == [
+        ("increment", "b", 12, None),
+        ("increment", "c", 3, None),
+        ("increment", "d", 4, None),
+    ]
+    assert (buf.flushes, buf.flush_errors) == (3, 2)
+
+
+def test_keyboard_interrupt_in_the_backend_is_raised_after_the_data_is_kept() -> None:
+    class Interrupted:
+        def increment(self, *args: Any, **kwargs: Any) -> None:
+            raise KeyboardInterrupt
+
+    buf = MetricsBuffer(Interrupted())
+    buf.incr_counter("c", 1)
+    with pytest.raises(KeyboardInterrupt):
+        buf.flush()
+    assert buf.pending() == [("counter", "c", None, 1, 1)]
+
+
+def test_a_backend_calling_back_into_the_buffer_lands_in_the_next_window(recorder: Recorder) -> None:
+    buf: MetricsBuffer
+
+    class Reentrant:
+        def increment(self, name: str, value: int, tags: Any = None) -> None:
+            recorder.increment(name, value, tags)
+            if name == "c":
+                buf.incr_counter("from-backend", 1)
+                buf.flush()  # while this thread emits: a no-op, the value waits
+
+        def timing(self, name: str, value: float, tags: Any = None) -> None:
+            recorder.timing(name, value, tags)
+
+    with mock.patch("time.time", return_value=0.0) as clock:
+        buf = MetricsBuffer(Reentrant(), frequency_sec=0)
+        clock.return_value = 1.0
+        buf.incr_counter("c", 1)  # triggers a flush whose emit re-enters
+        assert recorder.calls == [("increment", "c", 1, None)]
+        assert buf.pending() == [("counter", "from-backend", None, 1, 1)]
+        buf.flush()
+    assert recorder.calls[-1] == ("increment", "from-backend", 1, None)
+
+
+def test_a_flush_during_another_threads_emit_is_handed_over(recorder: Recorder) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow:
+        def increment(self, name: str, value: int, tags: Any = None) -> None:
+            if name == "first":
+                entered.set()
+                assert release.wait(10)
+            recorder.increment(name, value, tags)
+
+    buf = MetricsBuffer(Slow())
+    buf.incr_counter("first", 1)
+    emitter = threading.Thread(target=buf.flush)
+    emitter.start()
+    assert entered.wait(10)
+    buf.incr_counter("second", 1)
+    buf.flush()  # returns at once: the emitter will flush "second" after "first"
+    assert recorder.calls == []
+    release.set()
+    emitter.join(10)
+    assert recorder.calls == [("increment", "first", 1, None), ("increment", "second", 1, None)]
+
+
+THREADS = 16
+ROUNDS = 400
+
+
+def test_threads_with_a_flush_on_every_call_get_exact_totals(fast_switching: None) -> None:
+    backend = Recorder()
+    buf = MetricsBuffer(backend, frequency_sec=0)
+    errors: list[BaseException] = []
+    start = threading.Barrier(THREADS + 2)
+    stop = threading.Event()
+
+    def work(t: int) -> None:
+        try:
+            start.wait()
+            for i in range(ROUNDS):
+                buf.incr_counter(f"c{i % 3}", t + 1)
+                buf.incr_timing("t", 0.5, {"thread": str(t % 2)})
+                buf.record_timing("s", t * ROUNDS + i)
+        except BaseException as e:
+            errors.append(e)
+
+    def flusher() -> None:
+        start.wait()
+        while not stop.is_set():
+            buf.flush()
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
+    flushers = [threading.Thread(target=flusher) for _ in range(2)]
+    for th in workers + flushers:
+        th.start()
+    for th in workers:
+        th.join()
+    stop.set()
+    for th in flushers:
+        th.join()
+    buf.flush()
+    assert errors == []
+    assert backend.max_in_flight == 1
+    totals = backend.totals()
+    per_key = {f"c{k}": sum(t + 1 for t in range(THREADS)) * len(range(k, ROUNDS, 3)) for k in range(3)}
+    for name, total in per_key.items():
+        assert totals[("increment", name, ())] == total
+    for parity in ("0", "1"):
+        assert totals[("timing", "t", (("thread", parity),))] == 0.5 * ROUNDS * THREADS / 2
+    samples = sorted(v for m, n, v, _ in backend.calls if n == "s")
+    assert samples == list(range(THREADS * ROUNDS))
+    assert buf.flushes > 1
+    assert buf.pending() == []
+
+
+def test_threads_with_a_backend_failing_every_third_call(fast_switching: None) -> None:
+    backend = Recorder(fail_every=3)
+    buf = MetricsBuffer(backend, frequency_sec=0)
+    errors: list[BaseException] = []
+    logging.getLogger("arroyo_metrics_buffer").disabled = True
+    try:
+
+        def work(t: int) -> None:
+            try:
+                for i in range(ROUNDS):
+                    buf.incr_counter("c", 1)
+                    buf.record_timing("s", t * ROUNDS + i)
+                    if i % 50 == 0:
+                        buf.flush()
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        for _ in range(10_000):
+            if not buf.pending():
+                break
+            buf.flush()
+    finally:
+        logging.getLogger("arroyo_metrics_buffer").disabled = False
+    assert errors == []
+    assert buf.flush_errors > 0
+    assert backend.max_in_flight == 1
+    assert backend.totals()[("increment", "c", ())] == THREADS * ROUNDS
+    samples = sorted(v for m, n, v, _ in backend.calls if n == "s")
+    assert samples == list(range(THREADS * ROUNDS))
+    assert buf.pending() == []
+
+
+def test_failures_keep_at_most_max_samples() -> None:
+    class Down:
+        def timing(self, *args: Any, **kwargs: Any) -> None:
+            raise BackendError("down")
+
+    logging.getLogger("arroyo_metrics_buffer").disabled = True
+    try:
+        buf = MetricsBuffer(Down(), max_samples=100)
+        for _ in range(5):
+            for i in range(60):
+                buf.record_timing("s", float(i))
+            buf.flush()
+    finally:
+        logging.getLogger("arroyo_metrics_buffer").disabled = False
+    [(kind, _name, _tags, _total, count)] = buf.pending()
+    assert (kind, count) == ("sample", 100)
+    assert buf.dropped_samples == 5 * 60 - 100
+    assert buf.flush_errors == 5
