@@ -5,8 +5,8 @@ import os
 from collections.abc import Iterator
 
 import pytest
-
 from arroyo.utils.metrics import configure_metrics
+
 from tests.metrics import TestingMetricsBackend
 
 PATCHED = os.environ.get("ARROYO_SUITE_PATCHED") == "1"
@@ -34,4 +34,3 @@ def pytest_report_header() -> str:
 def clear_metrics_state() -> Iterator[None]:
     yield
     TestingMetricsBackend.calls.clear()
-

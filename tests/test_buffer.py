@@ -12,6 +12,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+
 from arroyo_metrics_buffer import MetricsBuffer
 from conftest import BackendError, Recorder
 
