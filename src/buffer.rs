@@ -231,56 +231,13 @@ impl MetricsBufferPy {
 
     /// Calls the backend for each emission; on an error, returns how many went out and the error.
     fn emit(&self, py: Python<'_>, window: &Window) -> Option<(usize, PyErr)> {
-        let metrics = self.metrics.bind(py);
+        let mut emitter = Emitter::new(self.metrics.bind(py).clone(), self.keyword_args);
         for (sent, e) in window.emissions().enumerate() {
-            if let Err(err) = self.call_backend(py, metrics, e.kind, e.key, e.value) {
+            if let Err(err) = emitter.call(e.kind, e.key, e.value) {
                 return Some((sent, err));
             }
         }
         None
-    }
-
-    fn call_backend(
-        &self,
-        py: Python<'_>,
-        metrics: &Bound<'_, PyAny>,
-        kind: Kind,
-        key: &Key,
-        value: Value,
-    ) -> PyResult<()> {
-        let method = match kind {
-            Kind::Counter => intern!(py, "increment"),
-            Kind::Timer | Kind::Sample => intern!(py, "timing"),
-        };
-        let name = PyString::new(py, &key.name);
-        let value = match value {
-            Value::Int(i) => i.into_pyobject(py)?.into_any(),
-            Value::Float(f) => f.into_pyobject(py)?.into_any(),
-        };
-        let tags = if key.tags.is_empty() {
-            None
-        } else {
-            let tags = PyDict::new(py);
-            for (k, v) in key.tags.iter() {
-                tags.set_item(&**k, &**v)?;
-            }
-            Some(tags)
-        };
-        let kwargs = PyDict::new(py);
-        if self.keyword_args {
-            kwargs.set_item(intern!(py, "name"), name)?;
-            kwargs.set_item(intern!(py, "value"), value)?;
-            if let Some(tags) = tags {
-                kwargs.set_item(intern!(py, "tags"), tags)?;
-            }
-            metrics.call_method(method, (), Some(&kwargs))?;
-        } else {
-            if let Some(tags) = tags {
-                kwargs.set_item(intern!(py, "tags"), tags)?;
-            }
-            metrics.call_method(method, (name, value), Some(&kwargs))?;
-        }
-        Ok(())
     }
 
     fn add<'a>(
@@ -296,6 +253,102 @@ impl MetricsBufferPy {
             amount,
             hash: None,
         }]
+    }
+}
+
+static KWNAMES: PyOnceLock<[Py<PyTuple>; 3]> = PyOnceLock::new();
+
+/// Calls a metrics backend the way arroyo's own code does: `timing(name, value)` /
+/// `increment(name, value)`, `tags=` only when there are tags, or all three as keywords. It uses
+/// vectorcall with keyword names (as a Python call site does, no kwargs dict), and reuses the last
+/// key's name string and tags, since a window's samples of one key come one after another. Each
+/// call gets its own copy of the tags dict, so a backend that changes it changes nothing else.
+struct Emitter<'py> {
+    metrics: Bound<'py, PyAny>,
+    keyword_args: bool,
+    last: Option<LastKey<'py>>,
+}
+
+/// A key (by address, within the window being emitted), its name and its tags as Python objects.
+type LastKey<'py> = (*const Key, Bound<'py, PyString>, Option<Bound<'py, PyDict>>);
+
+impl<'py> Emitter<'py> {
+    fn new(metrics: Bound<'py, PyAny>, keyword_args: bool) -> Self {
+        Emitter {
+            metrics,
+            keyword_args,
+            last: None,
+        }
+    }
+
+    fn call(&mut self, kind: Kind, key: &Key, value: Value) -> PyResult<()> {
+        let py = self.metrics.py();
+        let [all, name_value, tags_only] = KWNAMES.get_or_init(py, || {
+            [
+                PyTuple::new(py, ["name", "value", "tags"])
+                    .expect("a tuple")
+                    .unbind(),
+                PyTuple::new(py, ["name", "value"])
+                    .expect("a tuple")
+                    .unbind(),
+                PyTuple::new(py, ["tags"]).expect("a tuple").unbind(),
+            ]
+        });
+        if self
+            .last
+            .as_ref()
+            .is_none_or(|(k, ..)| !std::ptr::eq(*k, key))
+        {
+            let template = if key.tags.is_empty() {
+                None
+            } else {
+                let tags = PyDict::new(py);
+                for (k, v) in key.tags.iter() {
+                    tags.set_item(&**k, &**v)?;
+                }
+                Some(tags)
+            };
+            self.last = Some((key, PyString::new(py, &key.name), template));
+        }
+        let (_, name, template) = self.last.as_ref().expect("set above");
+        let tags = template.as_ref().map(|t| t.copy()).transpose()?;
+        let value = match value {
+            Value::Int(i) => i.into_pyobject(py)?.into_any(),
+            Value::Float(f) => f.into_pyobject(py)?.into_any(),
+        };
+        let method = match kind {
+            Kind::Counter => intern!(py, "increment"),
+            Kind::Timer | Kind::Sample => intern!(py, "timing"),
+        };
+        let mut args = [
+            self.metrics.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr(),
+            std::ptr::null_mut(),
+        ];
+        if let Some(tags) = &tags {
+            args[3] = tags.as_ptr();
+        }
+        // args[0] is the object whose method is called, then the positionals, then the values of
+        // the keywords named in `kwnames`.
+        let (positional, kwnames) = match (self.keyword_args, tags.is_some()) {
+            (true, true) => (1, all.as_ptr()),
+            (true, false) => (1, name_value.as_ptr()),
+            (false, true) => (3, tags_only.as_ptr()),
+            (false, false) => (3, std::ptr::null_mut()),
+        };
+        // SAFETY: every pointer used from `args` and `kwnames` is a live object borrowed for the
+        // duration of the call; PY_VECTORCALL_ARGUMENTS_OFFSET is not set, so `args` is not written.
+        unsafe {
+            let result = pyo3::ffi::PyObject_VectorcallMethod(
+                method.as_ptr(),
+                args.as_ptr(),
+                positional,
+                kwnames,
+            );
+            Bound::from_owned_ptr_or_err(py, result)?;
+        }
+        Ok(())
     }
 }
 

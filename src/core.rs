@@ -205,7 +205,13 @@ pub struct Window {
     entries: Vec<Entry>,
     /// (entry index, value) per sample.
     samples: Vec<(u32, f64)>,
+    /// Untagged names by the address of their bytes: callers pass the same (interned) string
+    /// objects over and over, so this skips hashing. Only a hint: a hit is checked byte by byte.
+    /// (Boxed: a window is returned by value from `record`, and should stay small to move.)
+    hints: Box<[(usize, u32); HINTS]>,
 }
+
+const HINTS: usize = 16;
 
 /// One backend call that a window makes when it is emitted.
 #[derive(Debug, PartialEq)]
@@ -240,6 +246,30 @@ impl Window {
 
     fn hash<S: AsRef<str>>(&self, kind: Kind, name: &str, tags: &[(S, S)]) -> u64 {
         self.hasher.hash_key(kind, name, tags)
+    }
+
+    fn hint_slot(name: &str, kind: Kind) -> usize {
+        ((name.as_ptr() as usize >> 4) ^ kind as usize) % HINTS
+    }
+
+    /// The entry for an untagged name whose bytes were seen at this address, if it still matches.
+    fn hinted(&self, kind: Kind, name: &str) -> u32 {
+        let (address, at) = self.hints[Self::hint_slot(name, kind)];
+        match self.entries.get(at as usize) {
+            Some(e)
+                if address == name.as_ptr() as usize
+                    && e.kind == kind
+                    && e.key.tags.is_empty()
+                    && *e.key.name == *name =>
+            {
+                at
+            }
+            _ => NONE,
+        }
+    }
+
+    fn remember(&mut self, kind: Kind, name: &str, at: u32) {
+        self.hints[Self::hint_slot(name, kind)] = (name.as_ptr() as usize, at);
     }
 
     fn find<S: AsRef<str>>(&self, hash: u64, kind: Kind, name: &str, tags: &[(S, S)]) -> u32 {
@@ -279,10 +309,19 @@ impl Window {
         const BATCH: usize = 2;
         let mut found = [(0u64, NONE); BATCH];
         for (i, add) in adds.iter().enumerate() {
-            let hash = add
-                .hash
-                .unwrap_or_else(|| self.hash(add.kind, add.name, add.tags));
-            let at = self.find(hash, add.kind, add.name, add.tags);
+            let hinted = if add.tags.is_empty() {
+                self.hinted(add.kind, add.name)
+            } else {
+                NONE
+            };
+            let (hash, at) = if hinted != NONE {
+                (0, hinted) // found: the hash is not needed
+            } else {
+                let hash = add
+                    .hash
+                    .unwrap_or_else(|| self.hash(add.kind, add.name, add.tags));
+                (hash, self.find(hash, add.kind, add.name, add.tags))
+            };
             if let Some(slot) = found.get_mut(i) {
                 *slot = (hash, at);
             }
@@ -322,6 +361,9 @@ impl Window {
                     Value::Float(_) => Value::Float(0.0),
                 };
                 at = self.insert(hash, add.kind, Key::new(add.name, add.tags), zero);
+            }
+            if add.tags.is_empty() {
+                self.remember(add.kind, add.name, at);
             }
             self.accumulate(at, add.amount, 1);
             if let (Kind::Sample, Value::Float(v)) = (add.kind, add.amount) {
@@ -927,6 +969,35 @@ mod tests {
         assert_eq!(
             (snap[3].0, snap[3].1.clone()),
             (Kind::Timer, Key::new("m", &ab))
+        );
+    }
+
+    #[test]
+    fn name_hints_never_confuse_keys() {
+        let _serial = FORK.read().unwrap();
+        let b = Buffer::new(1.0, 100, 0.0);
+        let mut reused = String::from("aaaa");
+        b.record(&[counter(&reused, 1)], None).unwrap();
+        // The same bytes' address now holds another name.
+        reused.replace_range(.., "bbbb");
+        b.record(&[counter(&reused, 1)], None).unwrap();
+        // The first name again, at another address; and as a timer at the same address.
+        let copy = String::from("aaaa");
+        b.record(&[counter(&copy, 1)], None).unwrap();
+        b.record(&[add(Kind::Timer, &copy, NO_TAGS, Value::Float(1.0))], None)
+            .unwrap();
+        let snap: Vec<_> = b
+            .snapshot()
+            .into_iter()
+            .map(|(kind, key, value, _)| (kind, key.name.to_string(), value))
+            .collect();
+        assert_eq!(
+            snap,
+            vec![
+                (Kind::Counter, "aaaa".into(), Value::Int(2)),
+                (Kind::Counter, "bbbb".into(), Value::Int(1)),
+                (Kind::Timer, "aaaa".into(), Value::Float(1.0)),
+            ]
         );
     }
 
