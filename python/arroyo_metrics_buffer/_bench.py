@@ -19,6 +19,7 @@ from typing import Any
 
 from ._kafka import MockCluster, versions
 from ._patch import arroyo_version, install, uninstall
+from .producer import CALLBACK
 
 #: The targets of the issues that asked for these figures (patched / stock).
 TARGETS = {
@@ -80,10 +81,7 @@ def micro(rounds: int, calls: int) -> list[dict[str, Any]]:
     ours_buffer = MetricsBuffer()
     ours_producer = ConfluentProducer({"test.mock.num.brokers": 1, "client.id": "bench", "log_level": 0})
     uninstall()
-    latency = (
-        "time_of_produce"
-        in ConfluentProducer._ConfluentProducer__metrics_delivery_callback.__code__.co_varnames
-    )  # type: ignore[attr-defined]
+    latency = "time_of_produce" in vars(ConfluentProducer)[CALLBACK].__code__.co_varnames
     delivery_args: tuple[Any, ...] = (None, None, time.time()) if latency else (None, None)
 
     def loop(call: Callable[..., None], *args: Any) -> Callable[[], float]:
@@ -103,8 +101,8 @@ def micro(rounds: int, calls: int) -> list[dict[str, Any]]:
         ),
         (
             "ConfluentProducer delivery callback",
-            loop(stock_producer._ConfluentProducer__metrics_delivery_callback, *delivery_args),  # type: ignore[attr-defined]
-            loop(ours_producer._ConfluentProducer__metrics_delivery_callback, *delivery_args),  # type: ignore[attr-defined]
+            loop(getattr(stock_producer, CALLBACK), *delivery_args),
+            loop(getattr(ours_producer, CALLBACK), *delivery_args),
         ),
     ):
         s, p = alternate(stock, ours, rounds)
@@ -167,7 +165,7 @@ def end_to_end(rounds: int, messages: int) -> dict[str, Any]:
 def bench(rounds: int, calls: int, messages: int, as_json: bool) -> int:
     from arroyo.utils.metrics import configure_metrics
 
-    configure_metrics(NullBackend(), force=True)  # type: ignore[arg-type]
+    configure_metrics(NullBackend(), force=True)
     machine = f"{platform.machine()}, {_cpus()} CPUs, {platform.system()} {platform.release()}"
     header = {
         "arroyo": arroyo_version(),

@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from ._kafka import CountingBackend, MockCluster, check_reachable, create_topics, versions
@@ -56,9 +57,9 @@ def scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: b
     from arroyo.processing.processor import StreamProcessor
     from arroyo.processing.strategies import (
         CommitOffsets,
-        Produce,
         ProcessingStrategy,
         ProcessingStrategyFactory,
+        Produce,
     )
     from arroyo.types import Commit, Message, Partition, Topic
     from arroyo.utils.metrics import configure_metrics
@@ -186,7 +187,7 @@ def scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: b
     forward = KafkaProducer({"bootstrap.servers": bootstrap, "client.id": FORWARD})
 
     class Factory(ProcessingStrategyFactory[KafkaPayload]):
-        def create_with_partitions(self, commit: Commit, partitions: dict[Partition, int]) -> Any:
+        def create_with_partitions(self, commit: Commit, partitions: Mapping[Partition, int]) -> Any:
             return Count(Produce(forward, Topic(sink), CommitOffsets(commit)))
 
     consumer = KafkaConsumer(
@@ -208,7 +209,7 @@ def scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: b
     runner.join(60)
     guarded(lambda: forward.close().result(timeout=60))
     # Like the pool above: the forwarder's last callbacks come after its final metrics flush.
-    guarded(forward._KafkaProducer__producer.flush, 0)
+    guarded(forward._KafkaProducer__producer.flush, 0)  # type: ignore[attr-defined]
 
     latency = any(name == CALLBACK_LATENCY for name, _ in backend.timings)
 
@@ -323,9 +324,7 @@ def render(runs: list[dict[str, Any]]) -> str:
     )
     row(
         "  produce_status emitted (success / error)",
-        lambda r: (
-            f"{_n(pool(r)['produce_status_emitted']['success'])} / {_n(pool(r)['produce_status_emitted']['error'])}"
-        ),
+        lambda r: "{} / {}".format(*map(_n, pool(r)["produce_status_emitted"].values())),
     )
     row(
         "  emitted - delivered (+doubled / -lost)",
@@ -384,8 +383,8 @@ def demo(bootstrap_servers: str | None, messages: int, threads: int, as_json: bo
     print(
         f"arroyo {arroyo_version()}, {versions()}; {where}\n"
         f"{messages:,} messages through one ConfluentProducer shared by {threads} producing/polling threads "
-        f"and {threads} flushing threads (its queue purged every {PURGE_EVERY * 1000:g} ms, so deliveries fail "
-        f"and succeed by turns); each run in a fresh process, switching threads every "
+        f"and {threads} flushing threads (its queue purged every {PURGE_EVERY * 1000:g} ms, so "
+        f"deliveries fail and succeed by turns); each run in a fresh process, switching threads every "
         f"{SWITCH_INTERVAL * 1e6:g} µs (sys.setswitchinterval) so that the race shows in seconds",
         file=sys.stderr,
     )

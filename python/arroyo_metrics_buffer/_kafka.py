@@ -62,7 +62,7 @@ def create_topics(
 ) -> None:
     """Best effort, for real clusters that do not auto-create topics (the mock cluster auto-creates
     them and does not serve CreateTopics)."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     futures = admin.create_topics([NewTopic(n, partitions, 1) for n in names], operation_timeout=timeout)
@@ -76,7 +76,7 @@ def create_topics(
 def versions() -> str:
     import confluent_kafka
 
-    version = confluent_kafka.version()
+    version: Any = confluent_kafka.version()  # a str in 2.16, a (str, int) tuple in older releases
     version = version[0] if isinstance(version, tuple) else version
     return f"confluent-kafka {version} (librdkafka {confluent_kafka.libversion()[0]})"
 
@@ -93,7 +93,7 @@ class CountingBackend:
         self._sender.setblocking(False)
         self._address = self._sink.getsockname()
         self._lock = threading.Lock()
-        self.increments: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+        self.increments: dict[tuple[str, tuple[tuple[str, str], ...]], int | float] = {}
         self.timings: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
         self.calls = 0
 
@@ -109,7 +109,8 @@ class CountingBackend:
 
     def increment(self, name: str, value: int | float = 1, tags: Any = None) -> None:
         with self._lock:
-            self.increments[self._key(name, tags)] += value
+            key = self._key(name, tags)
+            self.increments[key] = self.increments.get(key, 0) + value
             self.calls += 1
         self._send(name, value, "c")
 
