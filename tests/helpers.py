@@ -46,6 +46,7 @@ class CallLog:
         out = []
         for m, args, kw in self.calls:
             call = dict(zip(("name", "value", "tags"), args))
+            call.setdefault("value", 1)  # increment(name) counts one
             call.update(kw)
             if m == method and call["name"] == name:
                 out.append((call["value"], dict(call.get("tags") or ())))

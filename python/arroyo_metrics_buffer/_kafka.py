@@ -42,7 +42,7 @@ class MockCluster:
         self.bootstrap_servers = found[0]
 
 
-def check_reachable(bootstrap_servers: str, timeout: float = 10.0) -> str | None:
+def check_reachable(bootstrap_servers: str, timeout: float = 5.0) -> str | None:
     """None if a Kafka cluster answers at `bootstrap_servers`, else why not."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient

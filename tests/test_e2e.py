@@ -1,0 +1,104 @@
+"""End to end on librdkafka's mock cluster: a producer writes N messages, a StreamProcessor forwards
+them with arroyo's Produce strategy through a KafkaProducer; with the patch every count is exact."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+from arroyo.backends.kafka import KafkaConsumer, KafkaPayload, KafkaProducer
+from arroyo.backends.kafka.configuration import build_kafka_consumer_configuration
+from arroyo.processing.processor import StreamProcessor
+from arroyo.processing.strategies import CommitOffsets, ProcessingStrategy, ProcessingStrategyFactory, Produce
+from arroyo.types import Commit, Message, Partition, Topic
+from confluent_kafka import Consumer
+
+from arroyo_metrics_buffer import install, uninstall
+from arroyo_metrics_buffer._kafka import MockCluster
+from helpers import CallLog, backend
+
+N = 2000
+
+
+@pytest.fixture(autouse=True)
+def patched() -> Iterator[None]:
+    assert install()
+    yield
+    uninstall()
+
+
+class Counted(ProcessingStrategy[KafkaPayload]):
+    def __init__(self, next_step: ProcessingStrategy[KafkaPayload]) -> None:
+        self.next_step = next_step
+        self.submitted = 0
+
+    def submit(self, message: Message[KafkaPayload]) -> None:
+        self.next_step.submit(message)
+        self.submitted += 1
+
+    def poll(self) -> None:
+        self.next_step.poll()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.next_step.join(timeout)
+
+    def close(self) -> None:
+        self.next_step.close()
+
+    def terminate(self) -> None:
+        self.next_step.terminate()
+
+
+def test_forwarding_through_a_stream_processor_counts_every_message_once() -> None:
+    cluster = MockCluster()
+    servers = {"bootstrap.servers": cluster.bootstrap_servers}
+    run = uuid.uuid4().hex[:8]
+    source, sink = Topic(f"e2e-{run}"), Topic(f"e2e-{run}-forwarded")
+    with backend(CallLog()) as log:
+        writer = KafkaProducer(dict(servers, **{"client.id": "e2e-source"}))
+        futures = [writer.produce(source, KafkaPayload(None, f"{i}".encode(), [])) for i in range(N)]
+        for f in futures:
+            f.result(timeout=60)
+        forwarder = KafkaProducer(dict(servers, **{"client.id": "e2e-forward"}))
+        steps: list[Counted] = []
+
+        class Factory(ProcessingStrategyFactory[KafkaPayload]):
+            def create_with_partitions(self, commit: Commit, partitions: Mapping[Partition, int]) -> Any:
+                steps.append(Counted(Produce(forwarder, sink, CommitOffsets(commit))))
+                return steps[-1]
+
+        consumer = KafkaConsumer(
+            build_kafka_consumer_configuration(servers, group_id=f"e2e-{run}", auto_offset_reset="earliest")
+        )
+        processor = StreamProcessor(consumer, source, Factory())
+        iterations = 0
+        deadline = time.monotonic() + 60
+        while sum(s.submitted for s in steps) < N and time.monotonic() < deadline:
+            processor._run_once()
+            iterations += 1
+        processor._shutdown()  # joins the strategy (waits for the forwards) and flushes its metrics
+        for producer in (writer, forwarder):
+            producer.close().result(timeout=60)
+            producer._KafkaProducer__producer.flush(0)  # close() flushes metrics before the last callbacks
+
+    forwarded = Consumer(dict(servers, **{"group.id": f"check-{run}", "auto.offset.reset": "earliest"}))
+    forwarded.subscribe([sink.name])
+    values: list[bytes] = []
+    deadline = time.monotonic() + 60
+    while len(values) < N and time.monotonic() < deadline:
+        message = forwarded.poll(0.5)
+        if message is not None and message.error() is None:
+            values.append(message.value())
+    forwarded.close()
+
+    assert sorted(values, key=int) == [f"{i}".encode() for i in range(N)]
+    assert sum(s.submitted for s in steps) == N
+    assert log.total("increment", "arroyo.producer.produce_status", producer_name="e2e-source") == N
+    assert log.total("increment", "arroyo.producer.produce_status", producer_name="e2e-forward") == N
+    assert log.total("increment", "arroyo.producer.produce_status", status="error") == 0
+    assert log.total("increment", "arroyo.consumer.run.count") == iterations
+    assert log.total("increment", "arroyo.consumer.invalid_message.count") == 0
+    assert log.total("increment", "arroyo.consumer.partitions_assigned.count") >= 1
