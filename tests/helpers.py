@@ -89,3 +89,11 @@ def producer_has_latency() -> bool:
         if s.name.endswith("ConfluentProducer"):
             return bool(s.shape and s.shape.latency)
     raise AssertionError("no ConfluentProducer target")
+
+
+def kafka_producer_emits_produce_status() -> bool:
+    """Whether this arroyo's KafkaProducer wraps its ConfluentProducer (2.40.3+); before that it
+    wraps confluent_kafka.Producer directly and emits no produce_status at all."""
+    from arroyo.backends.kafka.consumer import KafkaProducer
+
+    return "ConfluentProducer" in KafkaProducer.__init__.__code__.co_names

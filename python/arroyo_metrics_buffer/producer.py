@@ -26,7 +26,7 @@ FLUSH_METRICS = "_ConfluentProducer__flush_metrics"
 DIRECT = Shape(
     "emits each delivery report directly (2.31.0-2.31.1): no buffer, nothing to fix", needs_patch=False
 )
-COUNTERS = Shape("produce_status counters in a dict (2.31.2-2.40.2)")
+COUNTERS = Shape("produce_status counters in a dict (2.31.2-2.40.1)")
 COUNTERS_AND_LATENCY = Shape(
     "produce_status counters in a dict and callback_latency samples in a list (2.40.3+)", latency=True
 )
