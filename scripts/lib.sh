@@ -12,19 +12,24 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 
-# venv_for VERSION -> path of a virtualenv with that arroyo, confluent-kafka and the test tools.
+# What every virtualenv gets besides arroyo (the main one also gets MAIN_TOOLS).
+TEST_TOOLS="confluent-kafka pytest pytest-timeout pytest-benchmark freezegun time-machine"
+MAIN_TOOLS="maturin ruff mypy"
+
+# venv_for VERSION -> path of a virtualenv with that arroyo, confluent-kafka and the test tools,
+# made anew when the list of what it should hold has changed.
 venv_for() {
-  local version=$1 dir="$ROOT/.venvs/arroyo-$1"
-  if [ ! -f "$dir/.ready" ]; then
+  local version=$1 dir="$ROOT/.venvs/arroyo-$1" wants
+  wants="sentry-arroyo==$version $TEST_TOOLS"
+  if [ "$version" = "$MAIN_ARROYO" ]; then wants="$wants $MAIN_TOOLS"; fi
+  if [ "$(cat "$dir/.ready" 2>/dev/null)" != "$wants" ]; then
     say "virtualenv for arroyo $version"
     rm -rf "$dir"
     "$PYTHON" -m venv "$dir"
     "$dir/bin/pip" install -q --upgrade pip >&2
-    local extra=()
-    if [ "$version" = "$MAIN_ARROYO" ]; then extra=(maturin ruff mypy); fi
-    "$dir/bin/pip" install -q "sentry-arroyo==$version" confluent-kafka \
-      pytest pytest-timeout pytest-benchmark "${extra[@]}" >&2
-    touch "$dir/.ready"
+    # shellcheck disable=SC2086 # a list of requirements
+    "$dir/bin/pip" install -q $wants >&2
+    echo "$wants" > "$dir/.ready"
   fi
   echo "$dir"
 }

@@ -21,10 +21,22 @@ static NUMBERS_REAL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// The `time` module and its own `time.time` builtin, captured when this module is imported.
 struct Clock {
     module: Py<PyModule>,
-    /// The module's `__dict__`, where `mock.patch`, freezegun and time-machine put their clocks.
+    /// The module's `__dict__`, where `mock.patch` and freezegun put their clocks.
     namespace: Py<PyDict>,
-    /// `None` if `time.time` was already replaced at import (then it is always called).
-    builtin: Option<Py<PyAny>>,
+    /// The builtin and its C function; `None` if `time.time` was already replaced at import
+    /// (then it is always called).
+    builtin: Option<(Py<PyAny>, usize)>,
+}
+
+/// The C function behind a builtin function object. time-machine swaps this pointer inside the
+/// `time.time` builtin itself instead of replacing the object.
+fn c_function(builtin: &Bound<'_, PyAny>) -> usize {
+    // SAFETY: only called on objects that are `PyCFunction` instances (checked at import, and by
+    // identity with that object afterwards); their method table outlives them.
+    unsafe {
+        let function = builtin.as_ptr() as *mut pyo3::ffi::PyCFunctionObject;
+        (*(*function).m_ml).ml_meth.PyCFunction as usize
+    }
 }
 
 static CLOCK: PyOnceLock<Clock> = PyOnceLock::new();
@@ -37,28 +49,37 @@ pub(crate) fn init_clock(py: Python<'_>) -> PyResult<()> {
         && time
             .getattr("__name__")
             .is_ok_and(|n| n.eq("time").unwrap_or(false));
+    let builtin = genuine.then(|| {
+        let function = c_function(&time);
+        (time.unbind(), function)
+    });
     let _ = CLOCK.set(
         py,
         Clock {
             namespace: module.dict().unbind(),
             module: module.unbind(),
-            builtin: genuine.then(|| time.unbind()),
+            builtin,
         },
     );
     Ok(())
 }
 
 /// `time.time()`, looked up at call time so that `mock.patch("time.time")`, freezegun and
-/// time-machine see the same clock as arroyo's own buffer. While `time.time` is still the builtin,
-/// the same clock (CLOCK_REALTIME) is read without the Python call, converted to seconds exactly as
-/// CPython's `_PyTime_AsSecondsDouble` does, so the values are identical.
+/// time-machine see the same clock as arroyo's own buffer. While `time.time` is still the builtin
+/// with its own C function, the same clock (CLOCK_REALTIME) is read without the Python call,
+/// converted to seconds exactly as CPython's `_PyTime_AsSecondsDouble` does, so the values are
+/// identical.
 fn now(py: Python<'_>) -> PyResult<f64> {
     let clock = CLOCK.get(py).expect("init_clock runs at module import");
     let time = match clock.namespace.bind(py).get_item(intern!(py, "time"))? {
         Some(time) => time,
         None => clock.module.bind(py).getattr(intern!(py, "time"))?,
     };
-    if clock.builtin.as_ref().is_some_and(|b| time.is(b)) {
+    if clock
+        .builtin
+        .as_ref()
+        .is_some_and(|(builtin, function)| time.is(builtin) && c_function(&time) == *function)
+    {
         if let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
             let (secs, nanos) = (since.as_secs() as i64, i64::from(since.subsec_nanos()));
             return Ok(if nanos == 0 {

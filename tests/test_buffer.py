@@ -139,6 +139,36 @@ def test_a_patched_time_time_drives_the_throttle(recorder: Recorder) -> None:
     assert clock.call_count == 9  # creation, one per increment, one after each flush
 
 
+def test_freezegun_drives_the_throttle(recorder: Recorder) -> None:
+    import freezegun
+
+    with freezegun.freeze_time("2026-01-01 00:00:00") as frozen:
+        buf = MetricsBuffer(recorder, frequency_sec=1.0)
+        frozen.tick(0.75)
+        buf.incr_counter("c", 1)
+        assert recorder.calls == []
+        frozen.tick(0.5)
+        buf.incr_counter("c", 1)
+        assert recorder.calls == [("increment", "c", 2, None)]
+
+
+def test_time_machine_drives_the_throttle(recorder: Recorder) -> None:
+    import time_machine
+
+    # time-machine swaps the C function inside the time.time builtin rather than the object.
+    with time_machine.travel(1_000_000.0, tick=False) as traveller:
+        buf = MetricsBuffer(recorder, frequency_sec=1.0)
+        traveller.shift(0.75)
+        buf.incr_counter("c", 1)
+        assert recorder.calls == []
+        traveller.shift(0.5)
+        buf.incr_counter("c", 1)
+        assert recorder.calls == [("increment", "c", 2, None)]
+    # Back on the real clock, 1970 + 11 days is long ago: the next call flushes.
+    buf.incr_counter("c", 3)
+    assert recorder.calls[-1] == ("increment", "c", 3, None)
+
+
 def test_frequency_sec_zero_flushes_whenever_the_clock_moves(recorder: Recorder) -> None:
     ticks = iter(float(t) for t in range(100))
     with mock.patch("time.time", side_effect=lambda: next(ticks)):

@@ -222,28 +222,32 @@ def test_arroyos_private_names_keep_working(log: CallLog) -> None:
 
 
 def test_install_is_idempotent_and_uninstall_restores_by_identity(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="arroyo_metrics_buffer"):
-        assert install() == TARGETS
-    [line] = [r.getMessage() for r in caplog.records]
     version = arroyo_metrics_buffer._patch.arroyo_version()
-    assert (
-        line
-        == f"arroyo_metrics_buffer {arroyo_metrics_buffer.__version__}: patched arroyo {version}: "
+    patched_line = (
+        f"arroyo_metrics_buffer {arroyo_metrics_buffer.__version__}: patched arroyo {version}: "
         + ", ".join(TARGETS)
     )
-    patched = {key: key[0].__dict__[key[1]] for key in ORIGINALS}
-    assert all(patched[key] is not original for key, original in ORIGINALS.items())
-    assert install() == TARGETS
-    assert {key: key[0].__dict__[key[1]] for key in ORIGINALS} == patched
-    assert installed() == TARGETS
-    uninstall()
-    assert all(key[0].__dict__[key[1]] is original for key, original in ORIGINALS.items())
-    assert installed() == []
-    assert install() == TARGETS  # after uninstall(), again
-    assert all(key[0].__dict__[key[1]].__wrapped__ is original for key, original in ORIGINALS.items())
+    with caplog.at_level(logging.INFO, logger="arroyo_metrics_buffer"):
+        assert install() == TARGETS
+        patched = {key: key[0].__dict__[key[1]] for key in ORIGINALS}
+        assert all(patched[key] is not original for key, original in ORIGINALS.items())
+        assert install() == TARGETS  # again: nothing patched twice, nothing logged
+        assert {key: key[0].__dict__[key[1]] for key in ORIGINALS} == patched
+        assert installed() == TARGETS
+        uninstall()
+        assert all(key[0].__dict__[key[1]] is original for key, original in ORIGINALS.items())
+        assert installed() == []
+        uninstall()  # again: nothing to do, nothing logged
+        assert install() == TARGETS  # after uninstall(), again
+        assert all(key[0].__dict__[key[1]].__wrapped__ is original for key, original in ORIGINALS.items())
+    assert [r.getMessage() for r in caplog.records] == [
+        patched_line,
+        "arroyo_metrics_buffer: uninstalled from " + ", ".join(TARGETS),
+        patched_line,
+    ]
 
 
-def test_concurrent_installs_patch_once() -> None:
+def test_concurrent_installs_patch_once(caplog: pytest.LogCaptureFixture) -> None:
     barrier = threading.Barrier(8)
     results: list[list[str]] = []
 
@@ -252,11 +256,15 @@ def test_concurrent_installs_patch_once() -> None:
         results.append(install())
 
     threads = [threading.Thread(target=go) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with caplog.at_level(logging.INFO, logger="arroyo_metrics_buffer"):
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     assert results == [TARGETS] * 8
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        f"patched arroyo {arroyo_metrics_buffer._patch.arroyo_version()}: " + ", ".join(TARGETS)
+    ]
     # Each patched attribute wraps arroyo's original directly, not another of our wrappers.
     assert all(key[0].__dict__[key[1]].__wrapped__ is original for key, original in ORIGINALS.items())
 
