@@ -261,19 +261,25 @@ impl MetricsBufferPy {
         None
     }
 
-    fn add<'a>(
+    /// The rest of `incr_counter` / `incr_timing` / `record_timing` once name and amount are known.
+    fn record_one(
+        &self,
+        py: Python<'_>,
+        function: &'static str,
         kind: Kind,
-        name: &'a str,
-        tags: &'a [(PyBackedStr, PyBackedStr)],
+        name: &str,
         amount: Value,
-    ) -> [Add<'a, PyBackedStr>; 1] {
-        [Add {
+        tags: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let tags = tags_arg(function, "tags", tags)?;
+        let add = Add {
             kind,
             name,
-            tags,
+            tags: &tags,
             amount,
             hash: None,
-        }]
+        };
+        self.record(py, &[add])
     }
 }
 
@@ -491,11 +497,7 @@ impl MetricsBufferPy {
         const F: &str = "incr_counter";
         let name = name_arg(F, "metric", metric)?;
         let delta = int_arg(F, "delta", delta)?;
-        let tags = tags_arg(F, "tags", tags)?;
-        self.record(
-            py,
-            &Self::add(Kind::Counter, name, &tags, Value::Int(delta)),
-        )
+        self.record_one(py, F, Kind::Counter, name, Value::Int(delta), tags)
     }
 
     #[pyo3(signature = (metric, duration, tags=None))]
@@ -509,11 +511,7 @@ impl MetricsBufferPy {
         const F: &str = "incr_timing";
         let name = name_arg(F, "metric", metric)?;
         let duration = real_arg(F, "duration", duration)?;
-        let tags = tags_arg(F, "tags", tags)?;
-        self.record(
-            py,
-            &Self::add(Kind::Timer, name, &tags, Value::Float(duration)),
-        )
+        self.record_one(py, F, Kind::Timer, name, Value::Float(duration), tags)
     }
 
     #[pyo3(signature = (metric, value, tags=None))]
@@ -527,11 +525,7 @@ impl MetricsBufferPy {
         const F: &str = "record_timing";
         let name = name_arg(F, "metric", metric)?;
         let value = real_arg(F, "value", value)?;
-        let tags = tags_arg(F, "tags", tags)?;
-        self.record(
-            py,
-            &Self::add(Kind::Sample, name, &tags, Value::Float(value)),
-        )
+        self.record_one(py, F, Kind::Sample, name, Value::Float(value), tags)
     }
 
     fn flush(&self, py: Python<'_>) -> PyResult<()> {

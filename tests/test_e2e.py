@@ -14,12 +14,13 @@ from arroyo.backends.kafka import KafkaConsumer, KafkaPayload, KafkaProducer
 from arroyo.backends.kafka.configuration import build_kafka_consumer_configuration
 from arroyo.backends.kafka.consumer import ConfluentProducer
 from arroyo.processing.processor import StreamProcessor
-from arroyo.processing.strategies import CommitOffsets, ProcessingStrategy, ProcessingStrategyFactory, Produce
-from arroyo.types import Commit, Message, Partition, Topic
+from arroyo.processing.strategies import CommitOffsets, ProcessingStrategyFactory, Produce
+from arroyo.types import Commit, Partition, Topic
 from confluent_kafka import Consumer
 
 from arroyo_metrics_buffer import install, uninstall
 from arroyo_metrics_buffer._kafka import MockCluster
+from arroyo_metrics_buffer._strategies import CountingStep
 from helpers import CallLog, backend, kafka_producer_emits_produce_status
 
 N = 2000
@@ -30,28 +31,6 @@ def patched() -> Iterator[None]:
     assert install()
     yield
     uninstall()
-
-
-class Counted(ProcessingStrategy[KafkaPayload]):
-    def __init__(self, next_step: ProcessingStrategy[KafkaPayload]) -> None:
-        self.next_step = next_step
-        self.submitted = 0
-
-    def submit(self, message: Message[KafkaPayload]) -> None:
-        self.next_step.submit(message)
-        self.submitted += 1
-
-    def poll(self) -> None:
-        self.next_step.poll()
-
-    def join(self, timeout: float | None = None) -> None:
-        self.next_step.join(timeout)
-
-    def close(self) -> None:
-        self.next_step.close()
-
-    def terminate(self) -> None:
-        self.next_step.terminate()
 
 
 def test_forwarding_through_a_stream_processor_counts_every_message_once() -> None:
@@ -67,11 +46,11 @@ def test_forwarding_through_a_stream_processor_counts_every_message_once() -> No
         assert writer.flush(60) == 0
         assert writer.flush(0) == 0  # flush() does the metrics before librdkafka's last callbacks
         forwarder = KafkaProducer(dict(servers, **{"client.id": "e2e-forward"}))
-        steps: list[Counted] = []
+        steps: list[CountingStep] = []
 
         class Factory(ProcessingStrategyFactory[KafkaPayload]):
             def create_with_partitions(self, commit: Commit, partitions: Mapping[Partition, int]) -> Any:
-                steps.append(Counted(Produce(forwarder, sink, CommitOffsets(commit))))
+                steps.append(CountingStep(Produce(forwarder, sink, CommitOffsets(commit))))
                 return steps[-1]
 
         consumer = KafkaConsumer(

@@ -57,14 +57,17 @@ def scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: b
     from arroyo.processing.processor import StreamProcessor
     from arroyo.processing.strategies import (
         CommitOffsets,
-        ProcessingStrategy,
         ProcessingStrategyFactory,
         Produce,
     )
-    from arroyo.types import Commit, Message, Partition, Topic
+    from arroyo.types import Commit, Partition, Topic
     from arroyo.utils.metrics import configure_metrics
 
     from ._patch import arroyo_version, install
+    from ._strategies import CountingStep
+
+    def consumed() -> int:
+        return sum(step.submitted for step in steps)
 
     # What makes a once-a-day race show in seconds, in both runs alike: the interpreter switches
     # threads every microsecond instead of every 5 ms.
@@ -161,33 +164,14 @@ def scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: b
 
     # End to end: a StreamProcessor consumes what was delivered and forwards it through Produce.
     expected = delivered["success"]
-    consumed = [0]
-
-    class Count(ProcessingStrategy[KafkaPayload]):
-        def __init__(self, next_step: ProcessingStrategy[KafkaPayload]) -> None:
-            self.next_step = next_step
-
-        def submit(self, message: Message[KafkaPayload]) -> None:
-            self.next_step.submit(message)
-            consumed[0] += 1
-
-        def poll(self) -> None:
-            self.next_step.poll()
-
-        def join(self, timeout: float | None = None) -> None:
-            self.next_step.join(timeout)
-
-        def close(self) -> None:
-            self.next_step.close()
-
-        def terminate(self) -> None:
-            self.next_step.terminate()
+    steps: list[CountingStep] = []
 
     forward = KafkaProducer({"bootstrap.servers": bootstrap, "client.id": FORWARD})
 
     class Factory(ProcessingStrategyFactory[KafkaPayload]):
         def create_with_partitions(self, commit: Commit, partitions: Mapping[Partition, int]) -> Any:
-            return Count(Produce(forward, Topic(sink), CommitOffsets(commit)))
+            steps.append(CountingStep(Produce(forward, Topic(sink), CommitOffsets(commit))))
+            return steps[-1]
 
     consumer = KafkaConsumer(
         build_kafka_consumer_configuration(
@@ -200,10 +184,10 @@ def scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: b
     label = progress.label
     progress.label = f"{label} (StreamProcessor)"
     deadline = time.monotonic() + 120
-    while consumed[0] < expected and runner.is_alive() and time.monotonic() < deadline:
-        progress.show(f"consumed {consumed[0]:,}/{expected:,}")
+    while consumed() < expected and runner.is_alive() and time.monotonic() < deadline:
+        progress.show(f"consumed {consumed():,}/{expected:,}")
         time.sleep(0.05)
-    progress.show(f"consumed {consumed[0]:,}/{expected:,}", final=True)
+    progress.show(f"consumed {consumed():,}/{expected:,}", final=True)
     processor.signal_shutdown()
     runner.join(60)
     guarded(lambda: forward.close().result(timeout=60))
@@ -235,7 +219,7 @@ def scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: b
         POOL: producer_report(POOL, sum(produced), delivered),
         # Each consumed message was forwarded once; the forwarder's callbacks are arroyo's own.
         FORWARD: {
-            "produced": consumed[0],
+            "produced": consumed(),
             "produce_status_emitted": {"success": forwarded if forward_counts else None},
         },
     }
@@ -245,8 +229,8 @@ def scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: b
         and pool_report["callbacks_never_ran"] == 0
         and all(v == 0 for v in pool_report["difference"].values())
         and pool_report.get("callback_latency_samples", sum(delivered.values())) == sum(delivered.values())
-        and consumed[0] == expected
-        and (forwarded == consumed[0] if forward_counts else forwarded == 0)
+        and consumed() == expected
+        and (forwarded == consumed() if forward_counts else forwarded == 0)
     )
     return {
         "arroyo": arroyo_version(),
@@ -260,7 +244,7 @@ def scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: b
         "producers": producers,
         "stream_processor": {
             "expected": expected,
-            "consumed": consumed[0],
+            "consumed": consumed(),
             "run_count_emitted": backend.increment_total("arroyo.consumer.run.count"),
         },
         "exact": exact,

@@ -57,20 +57,29 @@ def check_reachable(bootstrap_servers: str, timeout: float = 5.0) -> str | None:
     return None
 
 
-def create_topics(
-    bootstrap_servers: str, names: list[str], partitions: int = 4, timeout: float = 30.0
-) -> None:
-    """Best effort, for real clusters that do not auto-create topics (the mock cluster auto-creates
-    them and does not serve CreateTopics)."""
+def create_topics(bootstrap_servers: str, names: list[str], mock: bool, timeout: float = 30.0) -> None:
+    """Makes sure the topics exist before anyone subscribes. The mock cluster does not serve
+    CreateTopics but creates a topic when a producer asks for its metadata; a real cluster gets a
+    CreateTopics request (best effort: the topic may exist, or be left to auto-creation)."""
+    from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    futures = admin.create_topics([NewTopic(n, partitions, 1) for n in names], operation_timeout=timeout)
-    for future in futures.values():
-        try:
-            future.result(timeout=timeout)
-        except Exception:
-            pass  # already there, or left to auto-creation
+    if not mock:
+        admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+        futures = admin.create_topics([NewTopic(n, 4, 1) for n in names], operation_timeout=timeout)
+        for future in futures.values():
+            try:
+                future.result(timeout=timeout)
+            except Exception:
+                pass
+    probe = Producer({"bootstrap.servers": bootstrap_servers})
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while time.monotonic() < deadline:
+            topic = probe.list_topics(topic=name, timeout=timeout).topics.get(name)
+            if topic is not None and topic.error is None and topic.partitions:
+                break
+            time.sleep(0.05)
 
 
 def versions() -> str:
