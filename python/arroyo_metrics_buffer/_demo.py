@@ -29,6 +29,8 @@ FORWARD = "demo-forward"
 SCENARIO_SECONDS = 300
 SWITCH_INTERVAL = 1e-6
 PURGE_EVERY = 0.005
+KAFKA_PRODUCERS = ("demo-kafka-1", "demo-kafka-2")
+KAFKA_SHARE = 4
 
 
 class Progress:
@@ -109,12 +111,27 @@ def scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: b
             "linger.ms": 2,
         }
     )
+    # Every KAFKA_SHARE-th message goes through one of two arroyo KafkaProducers instead, from the
+    # same threads; their own worker threads poll them.
+    kafka_producers = {
+        name: KafkaProducer({"bootstrap.servers": bootstrap, "client.id": name, "linger.ms": 2})
+        for name in KAFKA_PRODUCERS
+    }
+    futures: dict[str, list[Any]] = {name: [] for name in KAFKA_PRODUCERS}
     share, rest = divmod(messages, threads)
     produced = [0] * threads
     done = threading.Event()
 
     def worker(index: int) -> None:
-        for _ in range(share + (1 if index < rest else 0)):
+        for i in range(share + (1 if index < rest else 0)):
+            if i % KAFKA_SHARE == KAFKA_SHARE - 1:
+                name = KAFKA_PRODUCERS[(index + i) % len(KAFKA_PRODUCERS)]
+                future = guarded(
+                    kafka_producers[name].produce, Topic(source), KafkaPayload(None, b"payload", [])
+                )
+                with lock:
+                    futures[name].append(future)
+                continue
             while True:
                 try:
                     pool.produce(source, b"payload", on_delivery=on_delivery)
@@ -160,10 +177,15 @@ def scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: b
         guarded(pool.flush, 1)
     seconds = time.monotonic() - started
     guarded(pool.flush, 0)  # flush() does the metrics before librdkafka's callbacks: once more
+    outcomes = {name: settle(fs) for name, fs in futures.items()}
+    for producer in kafka_producers.values():
+        guarded(lambda p=producer: p.close().result(timeout=60))
+        # Like the pool above: close() flushes metrics before the last callbacks.
+        guarded(producer._KafkaProducer__producer.flush, 0)  # type: ignore[attr-defined]
     progress.show(status(), final=True)
 
     # End to end: a StreamProcessor consumes what was delivered and forwards it through Produce.
-    expected = delivered["success"]
+    expected = delivered["success"] + sum(o["success"] for o in outcomes.values())
     steps: list[CountingStep] = []
 
     forward = KafkaProducer({"bootstrap.servers": bootstrap, "client.id": FORWARD})
@@ -195,6 +217,8 @@ def scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: b
     guarded(forward._KafkaProducer__producer.flush, 0)  # type: ignore[attr-defined]
 
     latency = any(name == CALLBACK_LATENCY for name, _ in backend.timings)
+    # Before 2.40.3 KafkaProducer wraps confluent_kafka.Producer and emits no produce_status.
+    forward_counts = "ConfluentProducer" in KafkaProducer.__init__.__code__.co_names
 
     def producer_report(name: str, produced_count: int, callbacks: Counter[str]) -> dict[str, Any]:
         emitted = {
@@ -213,10 +237,20 @@ def scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: b
         return report
 
     forwarded = backend.increment_total(PRODUCE_STATUS, producer_name=FORWARD, status="success")
-    # Before 2.40.3 KafkaProducer wraps confluent_kafka.Producer and emits no produce_status.
-    forward_counts = "ConfluentProducer" in KafkaProducer.__init__.__code__.co_names
+
+    def kafka_report(name: str) -> dict[str, Any]:
+        outcome = outcomes[name]
+        emitted = {
+            s: backend.increment_total(PRODUCE_STATUS, producer_name=name, status=s)
+            if forward_counts
+            else None
+            for s in ("success", "error")
+        }
+        return {"produced": len(futures[name]), "futures": outcome, "produce_status_emitted": emitted}
+
     producers = {
         POOL: producer_report(POOL, sum(produced), delivered),
+        **{name: kafka_report(name) for name in KAFKA_PRODUCERS},
         # Each consumed message was forwarded once; the forwarder's callbacks are arroyo's own.
         FORWARD: {
             "produced": consumed(),
@@ -231,6 +265,15 @@ def scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: b
         and pool_report.get("callback_latency_samples", sum(delivered.values())) == sum(delivered.values())
         and consumed() == expected
         and (forwarded == consumed() if forward_counts else forwarded == 0)
+        and all(
+            producers[name]["futures"]["unresolved"] == 0
+            and (
+                not forward_counts
+                or producers[name]["produce_status_emitted"]
+                == {s: producers[name]["futures"][s] for s in ("success", "error")}
+            )
+            for name in KAFKA_PRODUCERS
+        )
     )
     return {
         "arroyo": arroyo_version(),
@@ -249,6 +292,23 @@ def scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: b
         },
         "exact": exact,
     }
+
+
+def settle(futures: list[Any], timeout: float = 60) -> dict[str, int]:
+    """Waits for KafkaProducer futures: how many succeeded, failed, or never resolved."""
+    import concurrent.futures
+
+    real = [f for f in futures if f is not None]
+    concurrent.futures.wait(real, timeout=timeout)
+    out = {"success": 0, "error": 0, "unresolved": len(futures) - len(real)}
+    for f in real:
+        if not f.done():
+            out["unresolved"] += 1
+        elif f.exception() is not None:
+            out["error"] += 1
+        else:
+            out["success"] += 1
+    return out
 
 
 def run_scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: bool) -> dict[str, Any]:
@@ -329,6 +389,17 @@ def render(runs: list[dict[str, Any]]) -> str:
         )
     row("  user delivery callbacks that never ran", lambda r: _n(pool(r)["callbacks_never_ran"]))
     row("  messages/s (produce to delivery)", lambda r: _n(r["messages_per_second"]))
+    for name in KAFKA_PRODUCERS:
+        row(
+            f"{name} (KafkaProducer): futures ok / failed / never resolved",
+            lambda r, n=name: "{} / {} / {}".format(*map(_n, r["producers"][n]["futures"].values())),
+        )
+        row(
+            "  produce_status emitted (success / error)",
+            lambda r, n=name: " / ".join(
+                forwarded_text(v) for v in r["producers"][n]["produce_status_emitted"].values()
+            ),
+        )
     row(
         "StreamProcessor: consumed / delivered",
         lambda r: f"{_n(r['stream_processor']['consumed'])} / {_n(r['stream_processor']['expected'])}",
