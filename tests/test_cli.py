@@ -128,3 +128,42 @@ def test_console_script() -> None:
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert "{demo,check,bench}" in done.stdout
+
+
+def scenario_children(demo_pid: int) -> list[int]:
+    """Pids of the `_scenario` processes that demo `demo_pid` started (found by their --parent)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if (
+                b"_scenario" in argv
+                and b"--parent" in argv
+                and argv[argv.index(b"--parent") + 1] == str(demo_pid).encode()
+            ):
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds processes through /proc")
+def test_a_killed_demo_leaves_no_scenario_running() -> None:
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "arroyo_metrics_buffer", "demo", "--messages", "100000000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (children := scenario_children(demo.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert children, "the demo never started its scenario"
+    finally:
+        demo.kill()
+        demo.wait(30)
+    deadline = time.monotonic() + 10
+    while scenario_children(demo.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert scenario_children(demo.pid) == [], "the scenario outlived its demo"

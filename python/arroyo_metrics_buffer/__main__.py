@@ -68,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     scenario.add_argument("--threads", type=positive, required=True)
     scenario.add_argument("--patched", action="store_true")
     scenario.add_argument("--mock", action="store_true")
+    scenario.add_argument("--parent", type=int, required=True, help="the demo's pid: exit when it is gone")
     return p
 
 
@@ -86,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._bench import bench
 
             return bench(args.rounds, args.calls, args.messages, args.json)
-        from ._demo import scenario
+        from ._demo import SCENARIO_SECONDS, scenario, watchdog
+
+        watchdog(args.parent, SCENARIO_SECONDS)
 
         print(
             json.dumps(scenario(args.bootstrap_servers, args.messages, args.threads, args.patched, args.mock))

@@ -11,6 +11,7 @@ through a KafkaProducer. A counting metrics backend records everything arroyo em
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ SWITCH_INTERVAL = 1e-6
 PURGE_EVERY = 0.005
 KAFKA_PRODUCERS = ("demo-kafka-1", "demo-kafka-2")
 KAFKA_SHARE = 4
+QUEUE_FULL_SECONDS = 30
 
 
 class Progress:
@@ -49,6 +51,19 @@ class Progress:
         else:
             sys.stderr.write(f"  {self.label}: {text}\n")
         sys.stderr.flush()
+
+
+def watchdog(parent: int, seconds: float) -> None:
+    """Ends this process if the demo that started it is gone (its Kafka cluster went with it) or
+    the run takes longer than `seconds`: a scenario never outlives its demo."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + seconds
+        while os.getppid() == parent and time.monotonic() < deadline:
+            time.sleep(0.5)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: bool) -> dict[str, Any]:
@@ -132,11 +147,18 @@ def scenario(bootstrap: str, messages: int, threads: int, patched: bool, mock: b
                 with lock:
                     futures[name].append(future)
                 continue
+            full_since = None
             while True:
                 try:
                     pool.produce(source, b"payload", on_delivery=on_delivery)
                     break
                 except BufferError:  # librdkafka's queue is full: serve callbacks, retry
+                    full_since = full_since or time.monotonic()
+                    if time.monotonic() - full_since > QUEUE_FULL_SECONDS:
+                        with lock:  # Kafka is gone: stop this thread, and say so
+                            raised["QueueFull"] += 1
+                            examples.setdefault("QueueFull", f"queue full for {QUEUE_FULL_SECONDS} s")
+                        return
                     guarded(pool.poll, 0.01)
             produced[index] += 1
             guarded(pool.poll, 0)
@@ -327,6 +349,7 @@ def run_scenario(bootstrap: str, messages: int, threads: int, patched: bool, moc
         ]
         + (["--patched"] if patched else [])
         + (["--mock"] if mock else [])
+        + ["--parent", str(os.getpid())]
     )
     try:
         done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=SCENARIO_SECONDS)
