@@ -57,9 +57,9 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="machine-readable output")
 
     bench = sub.add_parser("bench", help="per-call and end-to-end cost, stock vs patched, in one process")
-    bench.add_argument("--rounds", type=positive, default=7, help="alternating rounds per figure (default 7)")
+    bench.add_argument("--rounds", type=positive, default=9, help="alternating rounds per figure (default 9)")
     bench.add_argument("--calls", type=positive, default=200_000, help="calls per round (default 200,000)")
-    bench.add_argument("--messages", type=positive, default=100_000, help="messages per end-to-end round")
+    bench.add_argument("--messages", type=positive, default=200_000, help="messages per end-to-end round")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
 
     scenario = sub.add_parser("_scenario")  # one demo run, in its own process
