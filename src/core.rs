@@ -231,10 +231,6 @@ impl Window {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// Aggregate entries in first-appearance order (a sample entry holds its samples' sum and count).
     pub fn entries(&self) -> &[Entry] {
         &self.entries

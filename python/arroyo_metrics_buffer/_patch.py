@@ -147,13 +147,6 @@ def native_of(
     return found or None
 
 
-def attach(
-    instance: Any, make: Callable[[Any], MetricsBuffer], bind: Callable[[Any, MetricsBuffer], None]
-) -> None:
-    """For a new instance: its native buffer, or (if that fails) arroyo's own behaviour."""
-    native_of(instance, make, bind)
-
-
 _lock = threading.Lock()
 #: name -> (class, {attribute: original value})
 _patched: dict[str, tuple[type, dict[str, Any]]] = {}

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._native import MetricsBuffer
-from ._patch import BUFFER_ATTR, Shape, Target, attach, frequency_of, missing, names_used, native_of, params
+from ._patch import BUFFER_ATTR, Shape, Target, frequency_of, missing, names_used, native_of, params
 
 METHODS = ("incr_timing", "incr_counter", "flush")
 
@@ -71,7 +71,7 @@ class ProcessorMetricsBufferTarget(Target):
         @functools.wraps(original["__init__"])
         def __init__(self: Any) -> None:
             original["__init__"](self)
-            attach(self, make, bind)
+            native_of(self, make, bind)  # or arroyo's own behaviour, if that fails
 
         def delegate(name: str) -> Any:
             fallback = original[name]

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._native import MetricsBuffer
-from ._patch import BUFFER_ATTR, Shape, Target, attach, frequency_of, missing, names_used, native_of, params
+from ._patch import BUFFER_ATTR, Shape, Target, frequency_of, missing, names_used, native_of, params
 
 PRODUCE_STATUS = "arroyo.producer.produce_status"
 CALLBACK_LATENCY = "arroyo.producer.callback_latency"
@@ -119,7 +119,7 @@ class ConfluentProducerTarget(Target):
         @functools.wraps(original["__init__"])
         def __init__(self: Any, configuration: Any, *args: Any, **kwargs: Any) -> None:
             original["__init__"](self, configuration, *args, **kwargs)
-            attach(self, make, bind)
+            native_of(self, make, bind)  # or arroyo's own behaviour, if that fails
 
         @functools.wraps(original[CALLBACK])
         def metrics_delivery_callback(self: Any, *args: Any, **kwargs: Any) -> None:
