@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 
 # What every virtualenv gets besides arroyo (the main one also gets MAIN_TOOLS).
-TEST_TOOLS="confluent-kafka pytest pytest-timeout pytest-benchmark freezegun time-machine"
+TEST_TOOLS="confluent-kafka pytest pytest-timeout pytest-benchmark pytest-rerunfailures freezegun time-machine"
 MAIN_TOOLS="maturin ruff mypy"
 
 # venv_for VERSION -> path of a virtualenv with that arroyo, confluent-kafka and the test tools,
