@@ -10,7 +10,7 @@ use pyo3::pybacked::PyBackedStr;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyMapping, PyString, PyTuple};
 
-use crate::core::{Add, Begin, Buffer, Key, Kind, Tags, Value, Window};
+use crate::core::{own_tags, Add, Begin, Buffer, Key, Kind, Tags, Value, Window};
 use crate::errors::Error;
 
 /// Big enough for any one-second window of a busy producer; about 16 MiB at the cap.
@@ -195,8 +195,23 @@ fn tags_arg(
     }
 }
 
-fn owned_tags(tags: &[(PyBackedStr, PyBackedStr)]) -> Tags {
-    Key::new("", tags).tags
+/// A key's tags as a new dict, or None when it has none.
+fn tags_dict<'py>(py: Python<'py>, key: &Key) -> PyResult<Option<Bound<'py, PyDict>>> {
+    if key.tags.is_empty() {
+        return Ok(None);
+    }
+    let tags = PyDict::new(py);
+    for (k, v) in key.tags.iter() {
+        tags.set_item(&**k, &**v)?;
+    }
+    Ok(Some(tags))
+}
+
+fn value_object(py: Python<'_>, value: Value) -> PyResult<Bound<'_, PyAny>> {
+    Ok(match value {
+        Value::Int(i) => i.into_pyobject(py)?.into_any(),
+        Value::Float(f) => f.into_pyobject(py)?.into_any(),
+    })
 }
 
 /// A thread-safe, drop-in replacement for arroyo's `MetricsBuffer` (see `_native.pyi`).
@@ -213,7 +228,16 @@ pub struct MetricsBufferPy {
 
 impl MetricsBufferPy {
     fn record<S: AsRef<str>>(&self, py: Python<'_>, adds: &[Add<'_, S>]) -> PyResult<()> {
-        let now = now(py)?;
+        self.record_at(py, adds, now(py)?)
+    }
+
+    /// Applies `adds` with the throttle at clock reading `now`, and emits if this call won the flush.
+    fn record_at<S: AsRef<str>>(
+        &self,
+        py: Python<'_>,
+        adds: &[Add<'_, S>],
+        now: f64,
+    ) -> PyResult<()> {
         match self.core.record(adds, Some(now)).map_err(Error::from)? {
             Some(window) => self.emit_all(py, window),
             None => Ok(()),
@@ -326,23 +350,11 @@ impl<'py> Emitter<'py> {
             .as_ref()
             .is_none_or(|(k, ..)| !std::ptr::eq(*k, key))
         {
-            let template = if key.tags.is_empty() {
-                None
-            } else {
-                let tags = PyDict::new(py);
-                for (k, v) in key.tags.iter() {
-                    tags.set_item(&**k, &**v)?;
-                }
-                Some(tags)
-            };
-            self.last = Some((key, PyString::new(py, &key.name), template));
+            self.last = Some((key, PyString::new(py, &key.name), tags_dict(py, key)?));
         }
         let (_, name, template) = self.last.as_ref().expect("set above");
         let tags = template.as_ref().map(|t| t.copy()).transpose()?;
-        let value = match value {
-            Value::Int(i) => i.into_pyobject(py)?.into_any(),
-            Value::Float(f) => f.into_pyobject(py)?.into_any(),
-        };
+        let value = value_object(py, value)?;
         let method = match kind {
             Kind::Counter => intern!(py, "increment"),
             Kind::Timer | Kind::Sample => intern!(py, "timing"),
@@ -552,19 +564,11 @@ impl MetricsBufferPy {
                     Kind::Counter => "counter",
                     Kind::Sample => "sample",
                 };
-                let tags = if key.tags.is_empty() {
-                    py.None().into_bound(py)
-                } else {
-                    let d = PyDict::new(py);
-                    for (k, v) in key.tags.iter() {
-                        d.set_item(&**k, &**v)?;
-                    }
-                    d.into_any()
+                let tags = match tags_dict(py, &key)? {
+                    Some(tags) => tags.into_any(),
+                    None => py.None().into_bound(py),
                 };
-                let value = match value {
-                    Value::Int(i) => i.into_pyobject(py)?.into_any(),
-                    Value::Float(f) => f.into_pyobject(py)?.into_any(),
-                };
+                let value = value_object(py, value)?;
                 PyTuple::new(
                     py,
                     [
@@ -601,8 +605,8 @@ impl MetricsBufferPy {
             None => None,
         };
         let counter: Box<str> = name_arg(F, "counter", counter)?.into();
-        let success_tags = owned_tags(&tags_arg(F, "success_tags", success_tags)?);
-        let error_tags = owned_tags(&tags_arg(F, "error_tags", error_tags)?);
+        let success_tags = own_tags(&tags_arg(F, "success_tags", success_tags)?);
+        let error_tags = own_tags(&tags_arg(F, "error_tags", error_tags)?);
         let core = &slf.get().core;
         Ok(DeliveryCallbackPy {
             buffer: slf.clone().unbind(),
@@ -693,14 +697,7 @@ impl DeliveryCallbackPy {
             amount: Value::Float(now - produced),
             hash: Some(self.hashes[2]),
         };
-        match buffer
-            .core
-            .record(&[counter, sample], Some(now))
-            .map_err(Error::from)?
-        {
-            Some(window) => buffer.emit_all(py, window),
-            None => Ok(()),
-        }
+        buffer.record_at(py, &[counter, sample], now)
     }
 
     #[pyo3(signature = (error, _message, time_of_produce=None))]

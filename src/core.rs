@@ -41,14 +41,18 @@ pub struct Key {
     pub tags: Tags,
 }
 
+/// An owned copy of borrowed tags, in the same order.
+pub fn own_tags<S: AsRef<str>>(tags: &[(S, S)]) -> Tags {
+    tags.iter()
+        .map(|(k, v)| (k.as_ref().into(), v.as_ref().into()))
+        .collect()
+}
+
 impl Key {
     pub fn new<S: AsRef<str>>(name: &str, tags: &[(S, S)]) -> Self {
         Key {
             name: name.into(),
-            tags: tags
-                .iter()
-                .map(|(k, v)| (k.as_ref().into(), v.as_ref().into()))
-                .collect(),
+            tags: own_tags(tags),
         }
     }
 
