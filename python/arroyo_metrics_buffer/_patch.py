@@ -117,6 +117,17 @@ def frequency_of(cls: type) -> float:
     return float(module_of(cls).METRICS_FREQUENCY_SEC)
 
 
+def take_pending(instance: Any, attribute: str) -> list[Any]:
+    """What an instance from before install() had pending in arroyo's dict (its items) or list (its
+    values), emptied so that it is carried over once."""
+    pending = vars(instance).get(attribute)
+    if not pending:
+        return []
+    taken = list(pending.items() if isinstance(pending, dict) else pending)
+    pending.clear()
+    return taken
+
+
 _adopt_lock = threading.RLock()
 
 

@@ -13,7 +13,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._native import MetricsBuffer
-from ._patch import BUFFER_ATTR, Shape, Target, frequency_of, missing, names_used, native_of, params
+from ._patch import (
+    BUFFER_ATTR,
+    Shape,
+    Target,
+    frequency_of,
+    missing,
+    names_used,
+    native_of,
+    params,
+    take_pending,
+)
 
 METHODS = ("incr_timing", "incr_counter", "flush")
 
@@ -52,16 +62,10 @@ class ProcessorMetricsBufferTarget(Target):
         def make(buffer: Any) -> MetricsBuffer:
             native = MetricsBuffer(buffer.metrics, frequency_sec=frequency_of(cls))
             # An instance from before install(): carry over what it had pending.
-            for store, add in (
-                ("_MetricsBuffer__timers", native.incr_timing),
-                ("_MetricsBuffer__counters", native.incr_counter),
-            ):
-                pending = vars(buffer).get(store)
-                if pending:
-                    items = list(pending.items())
-                    pending.clear()
-                    for metric, value in items:
-                        add(metric, value)
+            for metric, duration in take_pending(buffer, "_MetricsBuffer__timers"):
+                native.incr_timing(metric, duration)
+            for metric, delta in take_pending(buffer, "_MetricsBuffer__counters"):
+                native.incr_counter(metric, delta)
             return native
 
         def bind(buffer: Any, native: MetricsBuffer) -> None:

@@ -16,7 +16,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._native import MetricsBuffer
-from ._patch import BUFFER_ATTR, Shape, Target, frequency_of, missing, names_used, native_of, params
+from ._patch import (
+    BUFFER_ATTR,
+    Shape,
+    Target,
+    frequency_of,
+    missing,
+    names_used,
+    native_of,
+    params,
+    take_pending,
+)
 
 PRODUCE_STATUS = "arroyo.producer.produce_status"
 CALLBACK_LATENCY = "arroyo.producer.callback_latency"
@@ -88,18 +98,10 @@ class ConfluentProducerTarget(Target):
                 producer._ConfluentProducer__metrics, frequency_sec=frequency_of(cls), keyword_args=True
             )
             # An instance from before install(): carry over what it had pending.
-            counters = vars(producer).get("_ConfluentProducer__produce_counters")
-            if counters:
-                items = list(counters.items())
-                counters.clear()
-                for status, count in items:
-                    native.incr_counter(PRODUCE_STATUS, count, status_tags(name, status))
-            latencies = vars(producer).get("_ConfluentProducer__callback_latency")
-            if latencies:
-                values = list(latencies)
-                latencies.clear()
-                for value in values:
-                    native.record_timing(CALLBACK_LATENCY, value, latency_tags(name))
+            for status, count in take_pending(producer, "_ConfluentProducer__produce_counters"):
+                native.incr_counter(PRODUCE_STATUS, count, status_tags(name, status))
+            for value in take_pending(producer, "_ConfluentProducer__callback_latency"):
+                native.record_timing(CALLBACK_LATENCY, value, latency_tags(name))
             return native
 
         def bind(producer: Any, native: MetricsBuffer) -> None:
