@@ -12,31 +12,16 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import sys
 import threading
-import types
-from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._native import MetricsBuffer, __version__
+from ._native import __version__
+from .targets import Shape, Target, all_targets
 
 logger = logging.getLogger("arroyo_metrics_buffer")
 
 SWITCH = "ARROYO_METRICS_BUFFER"
-#: The instance attribute that holds an instance's native buffer (False: could not make one).
-BUFFER_ATTR = "_arroyo_metrics_buffer"
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What a target looks like in the installed arroyo."""
-
-    description: str
-    #: False when this shape has no buffer to fix (nothing to patch, nothing wrong).
-    needs_patch: bool = True
-    #: Target-specific switches (e.g. whether callback latency samples are kept).
-    latency: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,121 +38,9 @@ class TargetStatus:
         return self.shape is not None and self.shape.needs_patch
 
 
-class Target:
-    """One arroyo class: finds it, recognises its shape, and says what to replace."""
-
-    module_name: str
-    class_name: str
-
-    @property
-    def name(self) -> str:
-        return f"{self.module_name}.{self.class_name}"
-
-    def locate(self) -> type:
-        module = importlib.import_module(self.module_name)
-        cls = getattr(module, self.class_name)
-        if not isinstance(cls, type):
-            raise TypeError(f"{self.name} is not a class")
-        return cls
-
-    def detect(self, cls: type, namespace: Mapping[str, Any]) -> Shape | str:
-        """The shape, or a sentence saying what does not match. `namespace` is the class's own
-        attributes as arroyo defined them (the originals, while patched)."""
-        raise NotImplementedError
-
-    def replacements(self, cls: type, shape: Shape) -> dict[str, Any]:
-        """Class attributes to set; each must already be defined on `cls` itself."""
-        raise NotImplementedError
-
-
-def names_used(fn: Any) -> set[str]:
-    """Every name and string constant a function's code uses, nested code included."""
-    code = getattr(fn, "__code__", None)
-    out: set[str] = set()
-    stack = [code] if isinstance(code, types.CodeType) else []
-    while stack:
-        c = stack.pop()
-        out.update(c.co_names)
-        out.update(c.co_varnames)
-        for const in c.co_consts:
-            if isinstance(const, str):
-                out.add(const)
-            elif isinstance(const, types.CodeType):
-                stack.append(const)
-    return out
-
-
-def params(fn: Any) -> tuple[str, ...] | None:
-    code = getattr(fn, "__code__", None)
-    if not isinstance(code, types.CodeType):
-        return None
-    return code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
-
-
-def missing(namespace: Mapping[str, Any], attrs: Iterable[str]) -> list[str]:
-    return [a for a in attrs if not callable(namespace.get(a))]
-
-
-def module_of(cls: type) -> types.ModuleType:
-    return sys.modules[cls.__module__]
-
-
-def frequency_of(cls: type) -> float:
-    """arroyo's METRICS_FREQUENCY_SEC of the class's module, read now (tests patch it)."""
-    return float(module_of(cls).METRICS_FREQUENCY_SEC)
-
-
-def take_pending(instance: Any, attribute: str) -> list[Any]:
-    """What an instance from before install() had pending in arroyo's dict (its items) or list (its
-    values), emptied so that it is carried over once."""
-    pending = vars(instance).get(attribute)
-    if not pending:
-        return []
-    taken = list(pending.items() if isinstance(pending, dict) else pending)
-    pending.clear()
-    return taken
-
-
-_adopt_lock = threading.RLock()
-
-
-def native_of(
-    instance: Any, make: Callable[[Any], MetricsBuffer], bind: Callable[[Any, MetricsBuffer], None]
-) -> MetricsBuffer | None:
-    """The instance's native buffer, made on first use for instances that predate install().
-
-    `make` builds it (moving over what the instance had pending); `bind` puts its methods on the
-    instance. None if it cannot be made: the caller then falls back to arroyo's own method.
-    """
-    found = vars(instance).get(BUFFER_ATTR)
-    if found is None:
-        with _adopt_lock:
-            found = vars(instance).get(BUFFER_ATTR)
-            if found is None:
-                try:
-                    found = make(instance)
-                    bind(instance, found)
-                except Exception:
-                    logger.warning(
-                        "could not give %s a native metrics buffer; it keeps arroyo's own",
-                        type(instance).__qualname__,
-                        exc_info=True,
-                    )
-                    found = False
-                vars(instance)[BUFFER_ATTR] = found
-    return found or None
-
-
 _lock = threading.Lock()
 #: name -> (class, {attribute: original value})
 _patched: dict[str, tuple[type, dict[str, Any]]] = {}
-
-
-def _targets() -> list[Target]:
-    from .processor import ProcessorMetricsBufferTarget
-    from .producer import ConfluentProducerTarget
-
-    return [ProcessorMetricsBufferTarget(), ConfluentProducerTarget()]
 
 
 def arroyo_version() -> str | None:
@@ -213,31 +86,8 @@ def install() -> list[str]:
             logger.info("arroyo_metrics_buffer %s: arroyo is not installed; nothing to patch", __version__)
             return []
         version = arroyo_version() or "(unknown version)"
-        for target in _targets():
-            cls, shape = _inspect(target)
-            if isinstance(shape, str):
-                logger.warning(
-                    "arroyo_metrics_buffer %s: %s in arroyo %s %s; left unpatched",
-                    __version__,
-                    target.name,
-                    version,
-                    shape,
-                )
-                continue
-            if cls is None or not shape.needs_patch:
-                logger.debug("%s in arroyo %s: %s; nothing to patch", target.name, version, shape.description)
-                continue
-            originals: dict[str, Any] = {}
-            try:
-                for attr, value in target.replacements(cls, shape).items():
-                    originals[attr] = cls.__dict__[attr]
-                    setattr(cls, attr, value)
-            except Exception:
-                logger.warning("arroyo_metrics_buffer: could not patch %s", target.name, exc_info=True)
-                for attr, value in originals.items():
-                    setattr(cls, attr, value)
-                continue
-            _patched[target.name] = (cls, originals)
+        for target in all_targets():
+            _patch_target(target, version)
         names = list(_patched)
         logger.info(
             "arroyo_metrics_buffer %s: patched arroyo %s: %s",
@@ -246,6 +96,34 @@ def install() -> list[str]:
             ", ".join(names) if names else "nothing",
         )
         return names
+
+
+def _patch_target(target: Target, version: str) -> None:
+    """Patch one target if its shape is known and needs it (else say why not); under _lock."""
+    cls, shape = _inspect(target)
+    if isinstance(shape, str):
+        logger.warning(
+            "arroyo_metrics_buffer %s: %s in arroyo %s %s; left unpatched",
+            __version__,
+            target.name,
+            version,
+            shape,
+        )
+        return
+    if cls is None or not shape.needs_patch:
+        logger.debug("%s in arroyo %s: %s; nothing to patch", target.name, version, shape.description)
+        return
+    originals: dict[str, Any] = {}
+    try:
+        for attr, value in target.replacements(cls, shape).items():
+            originals[attr] = cls.__dict__[attr]
+            setattr(cls, attr, value)
+    except Exception:
+        logger.warning("arroyo_metrics_buffer: could not patch %s", target.name, exc_info=True)
+        for attr, value in originals.items():
+            setattr(cls, attr, value)
+        return
+    _patched[target.name] = (cls, originals)
 
 
 def uninstall() -> None:
@@ -270,7 +148,7 @@ def status() -> list[TargetStatus]:
     """Each target: its detected shape, and whether it is patched now / would be by install()."""
     with _lock:
         patched = dict(_patched)
-        inspected = [(target, *_inspect(target)) for target in _targets()]
+        inspected = [(target, *_inspect(target)) for target in all_targets()]
     out = []
     for target, cls, shape in inspected:
         if isinstance(shape, str):

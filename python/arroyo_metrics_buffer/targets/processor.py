@@ -12,18 +12,8 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from ._native import MetricsBuffer
-from ._patch import (
-    BUFFER_ATTR,
-    Shape,
-    Target,
-    frequency_of,
-    missing,
-    names_used,
-    native_of,
-    params,
-    take_pending,
-)
+from .._native import MetricsBuffer
+from .base import Shape, Target, frequency_of, missing, names_used, native_of, params, take_pending
 
 METHODS = ("incr_timing", "incr_counter", "flush")
 
@@ -90,6 +80,3 @@ class ProcessorMetricsBufferTarget(Target):
             return method
 
         return {"__init__": __init__, **{name: delegate(name) for name in METHODS}}
-
-
-__all__ = ["BUFFER_ATTR", "ProcessorMetricsBufferTarget"]

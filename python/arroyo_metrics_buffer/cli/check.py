@@ -10,8 +10,9 @@ import sys
 import sysconfig
 from typing import Any
 
-from . import _native
-from ._patch import SWITCH, arroyo_version, status
+from .. import _native
+from .._patch import SWITCH, arroyo_version, status
+from .table import table
 
 
 def report(imports: list[str]) -> dict[str, Any]:
@@ -24,7 +25,7 @@ def report(imports: list[str]) -> dict[str, Any]:
     free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
     gil = getattr(sys, "_is_gil_enabled", lambda: True)()
     try:
-        from ._kafka import versions
+        from .kafka import versions
 
         kafka: str | None = versions()
     except ImportError:
@@ -66,7 +67,8 @@ def check(imports: list[str], as_json: bool) -> int:
         print(json.dumps(dict(r, ok=code == 0), indent=2))
         return code
     yes = {True: "yes", False: "no"}
-    print(f"arroyo-metrics-buffer {r['arroyo_metrics_buffer']}  ({r['native_module']})")
+    # The file name says which build; its full path (local to this machine) is in --json.
+    print(f"arroyo-metrics-buffer {r['arroyo_metrics_buffer']}  ({os.path.basename(r['native_module'])})")
     print(f"Python {r['python']}, {r['build']} build, GIL {'enabled' if r['gil_enabled'] else 'disabled'}")
     print(
         f"arroyo {r['arroyo'] or 'not installed'}; {r['confluent_kafka'] or 'confluent-kafka not installed'}"
@@ -77,15 +79,17 @@ def check(imports: list[str], as_json: bool) -> int:
     if not r["targets"]:
         print("nothing to patch without arroyo")
         return code
-    rows = [("target", "arroyo's shape here", "patched now", "install() would patch")]
-    for t in r["targets"]:
-        shape = t["shape"] or f"UNKNOWN: {t['problem']}"
-        rows.append((t["target"], shape, yes[t["patched_now"]], yes[t["install_would_patch"]]))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for i, row in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    head = ("target", "arroyo's shape here", "patched now", "install() would patch")
+    rows = [
+        (
+            t["target"],
+            t["shape"] or f"UNKNOWN: {t['problem']}",
+            yes[t["patched_now"]],
+            yes[t["install_would_patch"]],
+        )
+        for t in r["targets"]
+    ]
+    print("\n".join(table(head, rows, left=len(head))))
     if not imports and not any(t["patched_now"] for t in r["targets"]):
         print(
             "\n'patched now' is about this process: pass --import YOUR_STARTUP_MODULE to check what it does,"

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from itertools import repeat
 from typing import Any
 
-from ._kafka import MockCluster, versions
-from ._patch import arroyo_version, install, uninstall
-from .producer import CALLBACK
+from .._patch import arroyo_version, install, uninstall
+from ..targets.producer import CALLBACK
+from .kafka import MockCluster, versions
+from .table import table
 
 #: The targets of the issues that asked for these figures (patched / stock).
 TARGETS = {
@@ -110,48 +111,58 @@ def micro(rounds: int, calls: int) -> list[dict[str, Any]]:
     return figures
 
 
+def throughput(producer: Any, messages: int) -> float:
+    """Messages/s producing `messages` and waiting for their delivery, a second thread polling."""
+    delivered = [0]
+
+    def on_delivery(error: Any, message: Any) -> None:
+        delivered[0] += 1
+
+    done = threading.Event()
+
+    def poller() -> None:
+        while not done.is_set():
+            producer.poll(0.01)
+
+    thread = threading.Thread(target=poller)
+    start = time.perf_counter()
+    thread.start()
+    for _ in range(messages):
+        while True:
+            try:
+                producer.produce("bench-e2e", b"payload", on_delivery=on_delivery)
+                break
+            except BufferError:
+                time.sleep(0.001)
+    producer.flush(60)
+    done.set()
+    thread.join()
+    elapsed = time.perf_counter() - start
+    assert delivered[0] == messages, f"{delivered[0]} of {messages} delivered"
+    return messages / elapsed
+
+
 def end_to_end(rounds: int, messages: int) -> dict[str, Any]:
     """Messages/s producing and delivering through one ConfluentProducer on the mock cluster, with
     a thread polling it as KafkaProducer's worker does."""
     from arroyo.backends.kafka.consumer import ConfluentProducer
 
     cluster = MockCluster()
-    config = {"bootstrap.servers": cluster.bootstrap_servers, "client.id": "bench-e2e", "linger.ms": 5}
-
-    def run(producer: Any) -> float:
-        delivered = [0]
-
-        def on_delivery(error: Any, message: Any) -> None:
-            delivered[0] += 1
-
-        done = threading.Event()
-
-        def poller() -> None:
-            while not done.is_set():
-                producer.poll(0.01)
-
-        thread = threading.Thread(target=poller)
-        start = time.perf_counter()
-        thread.start()
-        for _ in range(messages):
-            while True:
-                try:
-                    producer.produce("bench-e2e", b"payload", on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    time.sleep(0.001)
-        producer.flush(60)
-        done.set()
-        thread.join()
-        elapsed = time.perf_counter() - start
-        assert delivered[0] == messages, f"{delivered[0]} of {messages} delivered"
-        return messages / elapsed
+    # log_level 3: librdkafka's errors only, not its informational connection notices on stderr.
+    config = {
+        "bootstrap.servers": cluster.bootstrap_servers,
+        "client.id": "bench-e2e",
+        "linger.ms": 5,
+        "log_level": 3,
+    }
 
     uninstall()
-    stock_producer = ConfluentProducer(config)
+    producers = [ConfluentProducer(config)]
     install()
-    ours_producer = ConfluentProducer(config)
-    s, p = alternate(lambda: run(stock_producer), lambda: run(ours_producer), rounds)
+    producers.append(ConfluentProducer(config))
+    stock, ours = (lambda: throughput(producers[0], messages)), (lambda: throughput(producers[1], messages))
+    s, p = alternate(stock, ours, rounds)
+    producers.clear()  # the clients close before the cluster they talk to
     del cluster
     return {
         "figure": "produce + deliver on the mock cluster",
@@ -191,24 +202,18 @@ def bench(rounds: int, calls: int, messages: int, as_json: bool) -> int:
     if as_json:
         print(json.dumps(dict(header, figures=figures), indent=2))
         return 0
-    rows = [("figure", "unit", "stock arroyo", "patched", "ratio", "target")]
-    for f in figures:
-        fmt = "{:,.0f}"
-        rows.append(
-            (
-                f["figure"],
-                f["unit"],
-                fmt.format(f["stock"]),
-                fmt.format(f["patched"]),
-                f"{f['ratio']:.2f}x",
-                f"{f['target']} " + ("met" if f["meets_target"] else "MISSED"),
-            )
+    rows = [
+        (
+            f["figure"],
+            f["unit"],
+            f"{f['stock']:,.0f}",
+            f"{f['patched']:,.0f}",
+            f"{f['ratio']:.2f}x",
+            f"{f['target']} " + ("met" if f["meets_target"] else "MISSED"),
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, r in enumerate(rows):
-        print("  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+        for f in figures
+    ]
+    print("\n".join(table(("figure", "unit", "stock arroyo", "patched", "ratio", "target"), rows, left=2)))
     return 0
 
 

@@ -15,18 +15,8 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from ._native import MetricsBuffer
-from ._patch import (
-    BUFFER_ATTR,
-    Shape,
-    Target,
-    frequency_of,
-    missing,
-    names_used,
-    native_of,
-    params,
-    take_pending,
-)
+from .._native import MetricsBuffer
+from .base import Shape, Target, frequency_of, missing, names_used, native_of, params, take_pending
 
 PRODUCE_STATUS = "arroyo.producer.produce_status"
 CALLBACK_LATENCY = "arroyo.producer.callback_latency"
@@ -137,6 +127,3 @@ class ConfluentProducerTarget(Target):
             return native.flush()
 
         return {"__init__": __init__, CALLBACK: metrics_delivery_callback, FLUSH_METRICS: flush_metrics}
-
-
-__all__ = ["BUFFER_ATTR", "ConfluentProducerTarget"]

@@ -1,0 +1,139 @@
+"""What every target shares: its description (Shape, Target) and the adoption helpers.
+
+A leaf module: it imports nothing of this package but the native buffer, so the target modules
+and ``_patch`` can all import it at the top without a cycle.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import threading
+import types
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .._native import MetricsBuffer
+
+logger = logging.getLogger("arroyo_metrics_buffer")
+
+#: The instance attribute that holds an instance's native buffer (False: could not make one).
+BUFFER_ATTR = "_arroyo_metrics_buffer"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a target looks like in the installed arroyo."""
+
+    description: str
+    #: False when this shape has no buffer to fix (nothing to patch, nothing wrong).
+    needs_patch: bool = True
+    #: Target-specific switches (e.g. whether callback latency samples are kept).
+    latency: bool = False
+
+
+class Target:
+    """One arroyo class: finds it, recognises its shape, and says what to replace."""
+
+    module_name: str
+    class_name: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.module_name}.{self.class_name}"
+
+    def locate(self) -> type:
+        module = importlib.import_module(self.module_name)
+        cls = getattr(module, self.class_name)
+        if not isinstance(cls, type):
+            raise TypeError(f"{self.name} is not a class")
+        return cls
+
+    def detect(self, cls: type, namespace: Mapping[str, Any]) -> Shape | str:
+        """The shape, or a sentence saying what does not match. `namespace` is the class's own
+        attributes as arroyo defined them (the originals, while patched)."""
+        raise NotImplementedError
+
+    def replacements(self, cls: type, shape: Shape) -> dict[str, Any]:
+        """Class attributes to set; each must already be defined on `cls` itself."""
+        raise NotImplementedError
+
+
+def names_used(fn: Any) -> set[str]:
+    """Every name and string constant a function's code uses, nested code included."""
+    code = getattr(fn, "__code__", None)
+    out: set[str] = set()
+    stack = [code] if isinstance(code, types.CodeType) else []
+    while stack:
+        c = stack.pop()
+        out.update(c.co_names)
+        out.update(c.co_varnames)
+        for const in c.co_consts:
+            if isinstance(const, str):
+                out.add(const)
+            elif isinstance(const, types.CodeType):
+                stack.append(const)
+    return out
+
+
+def params(fn: Any) -> tuple[str, ...] | None:
+    code = getattr(fn, "__code__", None)
+    if not isinstance(code, types.CodeType):
+        return None
+    return code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+
+
+def missing(namespace: Mapping[str, Any], attrs: Iterable[str]) -> list[str]:
+    return [a for a in attrs if not callable(namespace.get(a))]
+
+
+def module_of(cls: type) -> types.ModuleType:
+    return sys.modules[cls.__module__]
+
+
+def frequency_of(cls: type) -> float:
+    """arroyo's METRICS_FREQUENCY_SEC of the class's module, read now (tests patch it)."""
+    return float(module_of(cls).METRICS_FREQUENCY_SEC)
+
+
+def take_pending(instance: Any, attribute: str) -> list[Any]:
+    """What an instance from before install() had pending in arroyo's dict (its items) or list (its
+    values), emptied so that it is carried over once."""
+    pending = vars(instance).get(attribute)
+    if not pending:
+        return []
+    taken = list(pending.items() if isinstance(pending, dict) else pending)
+    pending.clear()
+    return taken
+
+
+_adopt_lock = threading.RLock()
+
+
+def native_of(
+    instance: Any, make: Callable[[Any], MetricsBuffer], bind: Callable[[Any, MetricsBuffer], None]
+) -> MetricsBuffer | None:
+    """The instance's native buffer, made on first use for instances that predate install().
+
+    `make` builds it (moving over what the instance had pending); `bind` puts its methods on the
+    instance. None if it cannot be made: the caller then falls back to arroyo's own method.
+    """
+    found = vars(instance).get(BUFFER_ATTR)
+    if found is None:
+        with _adopt_lock:
+            found = vars(instance).get(BUFFER_ATTR)
+            if found is None:
+                try:
+                    found = make(instance)
+                    bind(instance, found)
+                except Exception:
+                    logger.warning(
+                        "could not give %s a native metrics buffer; it keeps arroyo's own",
+                        type(instance).__qualname__,
+                        exc_info=True,
+                    )
+                    found = False
+                vars(instance)[BUFFER_ATTR] = found
+    return found or None
