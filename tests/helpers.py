@@ -1,16 +1,27 @@
-"""Shared pieces for the tests that drive real arroyo and confluent-kafka."""
+"""The tests' shared doubles and constants. Imports without arroyo or confluent-kafka (CPython 3.15
+has no confluent-kafka wheel): whatever needs them imports them inside."""
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-import arroyo.utils.metrics as arroyo_metrics
+import pytest
 
 import arroyo_metrics_buffer
+
+HAVE_KAFKA = all(importlib.util.find_spec(m) is not None for m in ("arroyo", "confluent_kafka"))
+NO_KAFKA = (
+    "needs sentry-arroyo and confluent-kafka (not installed; confluent-kafka has no wheel for this Python)"
+)
+#: For a test that drives arroyo or confluent-kafka, in a file whose other tests need neither.
+needs_kafka = pytest.mark.skipif(not HAVE_KAFKA, reason=NO_KAFKA)
 
 #: librdkafka's in-process mock cluster: a real Kafka protocol peer on loopback.
 MOCK_CLUSTER: dict[str, Any] = {"test.mock.num.brokers": 1, "log_level": 3}
@@ -62,9 +73,58 @@ class CallLog:
         return out
 
 
+class Plain:
+    """A lock-free recording backend (a lock held by a parent thread would hang a forked child)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+
+    def increment(self, name: str, value: int = 1, tags: Any = None) -> None:
+        self.calls.append(("increment", name, value))
+
+    def timing(self, name: str, value: float, tags: Any = None) -> None:
+        self.calls.append(("timing", name, value))
+
+    def gauge(self, name: str, value: float, tags: Any = None) -> None:
+        self.calls.append(("gauge", name, value))
+
+
+class Raising:
+    """A metrics backend whose every call raises `error`."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def increment(self, *args: Any, **kwargs: Any) -> None:
+        raise self.error
+
+    def timing(self, *args: Any, **kwargs: Any) -> None:
+        raise self.error
+
+    def gauge(self, *args: Any, **kwargs: Any) -> None:
+        raise self.error
+
+
+class Gate:
+    """Passes calls on to `inner`, but an increment of `metric` first sets `entered` and waits for
+    `release`: a backend call caught in the middle of an emit."""
+
+    def __init__(self, inner: Any, metric: str) -> None:
+        self.inner, self.metric = inner, metric
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def increment(self, name: str, value: int = 1, tags: Any = None) -> None:
+        if name == self.metric:
+            self.entered.set()
+            assert self.release.wait(30)
+        self.inner.increment(name, value, tags)
+
+
 @contextmanager
 def backend(log: Any) -> Iterator[Any]:
     """arroyo's configured metrics backend is `log` for the duration."""
+    import arroyo.utils.metrics as arroyo_metrics
+
     old = arroyo_metrics._metrics_backend
     arroyo_metrics.configure_metrics(log, force=True)
     try:
@@ -97,6 +157,14 @@ def kafka_producer_emits_produce_status() -> bool:
     from arroyo.backends.kafka.consumer import KafkaProducer
 
     return "ConfluentProducer" in KafkaProducer.__init__.__code__.co_names
+
+
+def run_python(code: str) -> str:
+    """What `code` prints, run by this Python in a fresh process (which must exit 0)."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stdout.strip()
 
 
 class BackendError(Exception):

@@ -14,7 +14,7 @@ from unittest import mock
 import pytest
 
 from arroyo_metrics_buffer import MetricsBuffer
-from helpers import BackendError, Recorder
+from helpers import BackendError, CallLog, Gate, Raising, Recorder, needs_kafka
 
 
 @pytest.fixture
@@ -51,25 +51,17 @@ def test_flush_calls_the_backend_like_arroyo(recorder: Recorder) -> None:
 
 
 def test_positional_and_keyword_call_styles() -> None:
-    seen: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-
-    class Spy:
-        def increment(self, *args: Any, **kwargs: Any) -> None:
-            seen.append(("increment", args, kwargs))
-
-        def timing(self, *args: Any, **kwargs: Any) -> None:
-            seen.append(("timing", args, kwargs))
-
+    log = CallLog()
     for keyword_args in (False, True):
-        buf = MetricsBuffer(Spy(), keyword_args=keyword_args)
+        buf = MetricsBuffer(log, keyword_args=keyword_args)
         buf.incr_counter("c", 1)
         buf.record_timing("s", 2.0, {"k": "v"})
         buf.flush()
-    assert seen == [
-        ("increment", ("c", 1), {}),
-        ("timing", ("s", 2.0), {"tags": {"k": "v"}}),
-        ("increment", (), {"name": "c", "value": 1}),
-        ("timing", (), {"name": "s", "value": 2.0, "tags": {"k": "v"}}),
+    assert log.calls == [
+        ("increment", ("c", 1), ()),
+        ("timing", ("s", 2.0), (("tags", (("k", "v"),)),)),
+        ("increment", (), (("name", "c"), ("value", 1))),
+        ("timing", (), (("name", "s"), ("value", 2.0), ("tags", (("k", "v"),)))),
     ]
 
 
@@ -178,6 +170,7 @@ def test_frequency_sec_zero_flushes_whenever_the_clock_moves(recorder: Recorder)
     assert recorder.calls == [("increment", "c", 1, None), ("increment", "c", 2, None)]
 
 
+@needs_kafka
 def test_metrics_none_means_arroyos_get_metrics() -> None:
     from arroyo.utils.metrics import get_metrics
 
@@ -309,11 +302,7 @@ def test_a_failing_backend_loses_and_repeats_nothing(
 
 
 def test_keyboard_interrupt_in_the_backend_is_raised_after_the_data_is_kept() -> None:
-    class Interrupted:
-        def increment(self, *args: Any, **kwargs: Any) -> None:
-            raise KeyboardInterrupt
-
-    buf = MetricsBuffer(Interrupted())
+    buf = MetricsBuffer(Raising(KeyboardInterrupt()))
     buf.incr_counter("c", 1)
     with pytest.raises(KeyboardInterrupt):
         buf.flush()
@@ -344,24 +333,16 @@ def test_a_backend_calling_back_into_the_buffer_lands_in_the_next_window(recorde
 
 
 def test_a_flush_during_another_threads_emit_is_handed_over(recorder: Recorder) -> None:
-    entered, release = threading.Event(), threading.Event()
-
-    class Slow:
-        def increment(self, name: str, value: int, tags: Any = None) -> None:
-            if name == "first":
-                entered.set()
-                assert release.wait(10)
-            recorder.increment(name, value, tags)
-
-    buf = MetricsBuffer(Slow())
+    gate = Gate(recorder, "first")
+    buf = MetricsBuffer(gate)
     buf.incr_counter("first", 1)
     emitter = threading.Thread(target=buf.flush)
     emitter.start()
-    assert entered.wait(10)
+    assert gate.entered.wait(10)
     buf.incr_counter("second", 1)
     buf.flush()  # returns at once: the emitter will flush "second" after "first"
     assert recorder.calls == []
-    release.set()
+    gate.release.set()
     emitter.join(10)
     assert recorder.calls == [("increment", "first", 1, None), ("increment", "second", 1, None)]
 
@@ -454,13 +435,9 @@ def test_threads_with_a_backend_failing_every_third_call(fast_switching: None) -
 
 
 def test_failures_keep_at_most_max_samples() -> None:
-    class Down:
-        def timing(self, *args: Any, **kwargs: Any) -> None:
-            raise BackendError("down")
-
     logging.getLogger("arroyo_metrics_buffer").disabled = True
     try:
-        buf = MetricsBuffer(Down(), max_samples=100)
+        buf = MetricsBuffer(Raising(BackendError("down")), max_samples=100)
         for _ in range(5):
             for i in range(60):
                 buf.record_timing("s", float(i))

@@ -6,21 +6,23 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
-from arroyo.backends.kafka import KafkaConsumer, KafkaPayload, KafkaProducer
-from arroyo.backends.kafka.configuration import build_kafka_consumer_configuration
+
+from helpers import NO_KAFKA
+
+pytest.importorskip("confluent_kafka", reason=NO_KAFKA)
+pytest.importorskip("arroyo", reason=NO_KAFKA)
+
+from arroyo.backends.kafka import KafkaProducer
 from arroyo.backends.kafka.consumer import ConfluentProducer
-from arroyo.processing.processor import StreamProcessor
-from arroyo.processing.strategies import CommitOffsets, ProcessingStrategyFactory, Produce
-from arroyo.types import Commit, Partition, Topic
+from arroyo.types import Topic
 from confluent_kafka import Consumer
 
 from arroyo_metrics_buffer import install, uninstall
-from arroyo_metrics_buffer._kafka import MockCluster
-from arroyo_metrics_buffer._strategies import CountingStep
+from arroyo_metrics_buffer.cli.kafka import MockCluster
+from arroyo_metrics_buffer.cli.strategies import forwarding_processor
 from helpers import CallLog, backend, kafka_producer_emits_produce_status
 
 N = 2000
@@ -46,17 +48,9 @@ def test_forwarding_through_a_stream_processor_counts_every_message_once() -> No
         assert writer.flush(60) == 0
         assert writer.flush(0) == 0  # flush() does the metrics before librdkafka's last callbacks
         forwarder = KafkaProducer(dict(servers, **{"client.id": "e2e-forward"}))
-        steps: list[CountingStep] = []
-
-        class Factory(ProcessingStrategyFactory[KafkaPayload]):
-            def create_with_partitions(self, commit: Commit, partitions: Mapping[Partition, int]) -> Any:
-                steps.append(CountingStep(Produce(forwarder, sink, CommitOffsets(commit))))
-                return steps[-1]
-
-        consumer = KafkaConsumer(
-            build_kafka_consumer_configuration(servers, group_id=f"e2e-{run}", auto_offset_reset="earliest")
+        processor, steps = forwarding_processor(
+            cluster.bootstrap_servers, source.name, sink.name, f"e2e-{run}", forwarder
         )
-        processor = StreamProcessor(consumer, source, Factory())
         iterations = 0
         deadline = time.monotonic() + 60
         while sum(s.submitted for s in steps) < N and time.monotonic() < deadline:

@@ -9,35 +9,16 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
-from arroyo.backends.kafka.consumer import ConfluentProducer
-from arroyo.processing.processor import MetricsBuffer as ArroyoMetricsBuffer
 
 from arroyo_metrics_buffer import MetricsBuffer, install, uninstall
-from helpers import MOCK_CLUSTER, backend, producer_has_latency
+from helpers import MOCK_CLUSTER, Gate, Plain, backend, needs_kafka, producer_has_latency
 
 CHILD_SECONDS = 10
 
 
-class Plain:
-    """A lock-free recording backend (a lock held by a parent thread would hang the child)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, Any]] = []
-
-    def increment(self, name: str, value: int = 1, tags: Any = None) -> None:
-        self.calls.append(("increment", name, value))
-
-    def timing(self, name: str, value: float, tags: Any = None) -> None:
-        self.calls.append(("timing", name, value))
-
-    def gauge(self, name: str, value: float, tags: Any = None) -> None:
-        self.calls.append(("gauge", name, value))
-
-
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def patched() -> Iterator[None]:
     assert install()
     yield
@@ -70,7 +51,11 @@ def in_child(check: Callable[[], None]) -> None:
     pytest.fail("the forked child hung")
 
 
-def test_the_child_starts_empty_and_the_parent_keeps_its_values() -> None:
+@needs_kafka
+def test_the_child_starts_empty_and_the_parent_keeps_its_values(patched: None) -> None:
+    from arroyo.backends.kafka.consumer import ConfluentProducer
+    from arroyo.processing.processor import MetricsBuffer as ArroyoMetricsBuffer
+
     with backend(Plain()) as log:
         buf = ArroyoMetricsBuffer()
         producer = ConfluentProducer(dict(MOCK_CLUSTER, **{"client.id": "fork"}))
@@ -127,21 +112,13 @@ def test_forking_while_another_thread_hammers_the_lock() -> None:
 
 
 def test_forking_while_another_thread_is_emitting() -> None:
-    entered, release = threading.Event(), threading.Event()
     log = Plain()
-
-    class Blocking(Plain):
-        def increment(self, name: str, value: int = 1, tags: Any = None) -> None:
-            if name == "slow":
-                entered.set()
-                release.wait(30)
-            log.increment(name, value, tags)
-
-    buf = MetricsBuffer(Blocking())
+    gate = Gate(log, "slow")
+    buf = MetricsBuffer(gate)
     buf.incr_counter("slow", 1)
     emitter = threading.Thread(target=buf.flush)
     emitter.start()
-    assert entered.wait(10)
+    assert gate.entered.wait(10)
     try:
 
         def child() -> None:
@@ -152,6 +129,6 @@ def test_forking_while_another_thread_is_emitting() -> None:
 
         in_child(child)
     finally:
-        release.set()
+        gate.release.set()
         emitter.join(10)
     assert log.calls == [("increment", "slow", 1)]

@@ -11,9 +11,15 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from unittest import mock
 
+import pytest
+
+from helpers import NO_KAFKA
+
+pytest.importorskip("confluent_kafka", reason=NO_KAFKA)
+pytest.importorskip("arroyo", reason=NO_KAFKA)
+
 import arroyo.backends.kafka.consumer as consumer_module
 import arroyo.processing.processor as processor_module
-import pytest
 from arroyo.backends.kafka import KafkaPayload, KafkaProducer
 from arroyo.backends.kafka.consumer import ConfluentProducer
 from arroyo.processing.processor import MetricsBuffer as ArroyoMetricsBuffer

@@ -1,0 +1,65 @@
+"""The package's import structure: the runtime loads alone, and no module imports one that imports
+it back."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import arroyo_metrics_buffer
+from helpers import run_python
+
+PACKAGE = Path(arroyo_metrics_buffer.__file__).parent
+RUNTIME = [
+    "arroyo_metrics_buffer",
+    "arroyo_metrics_buffer._native",
+    "arroyo_metrics_buffer._patch",
+    "arroyo_metrics_buffer.targets",
+    "arroyo_metrics_buffer.targets.base",
+    "arroyo_metrics_buffer.targets.processor",
+    "arroyo_metrics_buffer.targets.producer",
+]
+
+
+def test_importing_the_package_loads_only_the_runtime() -> None:
+    out = run_python(
+        "import sys, arroyo_metrics_buffer\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('arroyo_metrics_buffer', 'arroyo', 'confluent_kafka')))"
+    )
+    assert out == repr(RUNTIME)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """The package's modules that `path` imports anywhere in its code (lazy imports included)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            source = ".".join(p for p in (base, node.module) if p)
+            for alias in node.names:
+                target = f"{source}.{alias.name}"
+                out.add(target if target in MODULES else source)
+        elif isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+    return {m for m in out if m in MODULES and m != name}
+
+
+MODULES = {module_name(p) for p in PACKAGE.rglob("*.py")}
+
+
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    graph = {module_name(p): imports_of(p) for p in PACKAGE.rglob("*.py")}
+    assert graph["arroyo_metrics_buffer._patch"] == {"arroyo_metrics_buffer.targets"}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(m == goal or (m not in seen and reaches(m, goal, seen | {m})) for m in graph[start])
+
+    assert [m for m in sorted(graph) if reaches(m, m, set())] == []
