@@ -16,6 +16,8 @@ from arroyo_metrics_buffer import MetricsBuffer, install, uninstall
 from helpers import MOCK_CLUSTER, Gate, Plain, backend, needs_kafka, producer_has_latency
 
 CHILD_SECONDS = 10
+# Forking while other threads run is what these tests are about (CPython 3.12+ warns about it).
+pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 
 
 @pytest.fixture

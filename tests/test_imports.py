@@ -1,12 +1,17 @@
-"""The package's import structure: the runtime loads alone, and no module imports one that imports
-it back."""
+"""The package's import structure: the runtime loads alone, no module imports one that imports it
+back, and install() without arroyo."""
 
 from __future__ import annotations
 
 import ast
+import logging
+import sys
 from pathlib import Path
 
+import pytest
+
 import arroyo_metrics_buffer
+from arroyo_metrics_buffer import install
 from helpers import run_python
 
 PACKAGE = Path(arroyo_metrics_buffer.__file__).parent
@@ -63,3 +68,12 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
         return any(m == goal or (m not in seen and reaches(m, goal, seen | {m})) for m in graph[start])
 
     assert [m for m in sorted(graph) if reaches(m, m, set())] == []
+
+
+def test_without_arroyo(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "arroyo", None)
+    with caplog.at_level(logging.INFO, logger="arroyo_metrics_buffer"):
+        assert install() == []
+    assert [r.getMessage() for r in caplog.records] == [
+        f"arroyo_metrics_buffer {arroyo_metrics_buffer.__version__}: arroyo is not installed; nothing to patch"
+    ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -292,15 +291,6 @@ def test_kill_switch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureF
         f"arroyo_metrics_buffer {arroyo_metrics_buffer.__version__}: switched off by ARROYO_METRICS_BUFFER=off; nothing patched"
     ]
     assert all(key[0].__dict__[key[1]] is original for key, original in ORIGINALS.items())
-
-
-def test_without_arroyo(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setitem(sys.modules, "arroyo", None)
-    with caplog.at_level(logging.INFO, logger="arroyo_metrics_buffer"):
-        assert install() == []
-    assert [r.getMessage() for r in caplog.records] == [
-        f"arroyo_metrics_buffer {arroyo_metrics_buffer.__version__}: arroyo is not installed; nothing to patch"
-    ]
 
 
 def test_an_unknown_shape_is_left_alone_with_a_warning(
