@@ -62,7 +62,10 @@ MODULES = {module_name(p) for p in PACKAGE.rglob("*.py")}
 
 def test_no_module_imports_one_that_imports_it_back() -> None:
     graph = {module_name(p): imports_of(p) for p in PACKAGE.rglob("*.py")}
-    assert graph["arroyo_metrics_buffer._patch"] == {"arroyo_metrics_buffer.targets"}
+    assert graph["arroyo_metrics_buffer._patch"] == {
+        "arroyo_metrics_buffer.targets",
+        "arroyo_metrics_buffer.targets.base",
+    }
 
     def reaches(start: str, goal: str, seen: set[str]) -> bool:
         return any(m == goal or (m not in seen and reaches(m, goal, seen | {m})) for m in graph[start])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import threading
 import types
@@ -109,16 +110,48 @@ def take_pending(instance: Any, attribute: str) -> list[Any]:
     return taken
 
 
+def defined_by(instance: Any, cls: type, name: str) -> bool:
+    """Whether the instance's class gets `name` from `cls` (arroyo's class) rather than from a
+    subclass that overrides it."""
+    for klass in type(instance).__mro__:
+        if name in vars(klass):
+            return klass is cls
+    return False
+
+
+def usable_after_fork(lock: Any) -> Any:
+    """In a forked child: `lock` if it is free or held by this thread, else a fresh RLock (the
+    thread that held it does not exist in the child, so it would never be released)."""
+    if lock.acquire(blocking=False):
+        lock.release()
+        return lock
+    return threading.RLock()
+
+
+#: Makes an instance's native buffer (moving over what it had pending).
+Make = Callable[[Any], MetricsBuffer]
+#: The instance attributes that put a native buffer's methods on an instance.
+Bind = Callable[[Any, MetricsBuffer], Mapping[str, Any]]
+
 _adopt_lock = threading.RLock()
 
 
-def native_of(
-    instance: Any, make: Callable[[Any], MetricsBuffer], bind: Callable[[Any, MetricsBuffer], None]
-) -> MetricsBuffer | None:
+def _after_fork_in_child() -> None:
+    global _adopt_lock
+    # A half-done adoption leaves nothing behind: native_of() binds in one step (see there).
+    _adopt_lock = usable_after_fork(_adopt_lock)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def native_of(instance: Any, make: Make, bind: Bind) -> MetricsBuffer | None:
     """The instance's native buffer, made on first use for instances that predate install().
 
-    `make` builds it (moving over what the instance had pending); `bind` puts its methods on the
-    instance. None if it cannot be made: the caller then falls back to arroyo's own method.
+    `make` builds it (moving over what the instance had pending); `bind` says which of its methods
+    go on the instance. None if it cannot be made: the caller then falls back to arroyo's own
+    method.
     """
     found = vars(instance).get(BUFFER_ATTR)
     if found is None:
@@ -126,14 +159,16 @@ def native_of(
             found = vars(instance).get(BUFFER_ATTR)
             if found is None:
                 try:
-                    found = make(instance)
-                    bind(instance, found)
+                    native = make(instance)
+                    bound = {**bind(instance, native), BUFFER_ATTR: native}
                 except Exception:
                     logger.warning(
                         "could not give %s a native metrics buffer; it keeps arroyo's own",
                         type(instance).__qualname__,
                         exc_info=True,
                     )
-                    found = False
-                vars(instance)[BUFFER_ATTR] = found
+                    bound = {BUFFER_ATTR: False}
+                # One dict update: a child forked meanwhile sees all of it or none of it.
+                vars(instance).update(bound)
+                found = bound[BUFFER_ATTR]
     return found or None

@@ -12,16 +12,31 @@ arroyo's own.
 from __future__ import annotations
 
 import functools
+import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
-from .._native import MetricsBuffer
-from .base import Shape, Target, frequency_of, missing, names_used, native_of, params, take_pending
+from .._native import DeliveryCallback, MetricsBuffer
+from .base import (
+    Bind,
+    Make,
+    Shape,
+    Target,
+    defined_by,
+    frequency_of,
+    missing,
+    names_used,
+    native_of,
+    params,
+    take_pending,
+)
 
 PRODUCE_STATUS = "arroyo.producer.produce_status"
 CALLBACK_LATENCY = "arroyo.producer.callback_latency"
 CALLBACK = "_ConfluentProducer__metrics_delivery_callback"
 FLUSH_METRICS = "_ConfluentProducer__flush_metrics"
+LAST_RECORD = "_ConfluentProducer__last_record_time"
 
 DIRECT = Shape(
     "emits each delivery report directly (2.31.0-2.31.1): no buffer, nothing to fix", needs_patch=False
@@ -81,32 +96,7 @@ class ConfluentProducerTarget(Target):
 
     def replacements(self, cls: type, shape: Shape) -> dict[str, Any]:
         original = {name: cls.__dict__[name] for name in ("__init__", CALLBACK, FLUSH_METRICS)}
-
-        def make(producer: Any) -> MetricsBuffer:
-            name = producer.producer_name
-            native = MetricsBuffer(
-                producer._ConfluentProducer__metrics, frequency_sec=frequency_of(cls), keyword_args=True
-            )
-            # An instance from before install(): carry over what it had pending.
-            for status, count in take_pending(producer, "_ConfluentProducer__produce_counters"):
-                native.incr_counter(PRODUCE_STATUS, count, status_tags(name, status))
-            for value in take_pending(producer, "_ConfluentProducer__callback_latency"):
-                native.record_timing(CALLBACK_LATENCY, value, latency_tags(name))
-            return native
-
-        def bind(producer: Any, native: MetricsBuffer) -> None:
-            name = producer.producer_name
-            callback = native.delivery_callback(
-                PRODUCE_STATUS,
-                status_tags(name, "success"),
-                status_tags(name, "error"),
-                CALLBACK_LATENCY if shape.latency else None,
-                latency_tags(name) if shape.latency else None,
-            )
-            # A bound builtin method: arroyo's `self.__metrics_delivery_callback(...)` is then one
-            # vectorcall into native code.
-            vars(producer)[CALLBACK] = callback.report
-            vars(producer)[FLUSH_METRICS] = native.flush
+        make, bind = adoption(cls, shape)
 
         @functools.wraps(original["__init__"])
         def __init__(self: Any, configuration: Any, *args: Any, **kwargs: Any) -> None:
@@ -115,15 +105,71 @@ class ConfluentProducerTarget(Target):
 
         @functools.wraps(original[CALLBACK])
         def metrics_delivery_callback(self: Any, *args: Any, **kwargs: Any) -> None:
-            if native_of(self, make, bind) is None:
+            native = native_of(self, make, bind)
+            if native is None:
                 return original[CALLBACK](self, *args, **kwargs)  # type: ignore[no-any-return]
-            return vars(self)[CALLBACK](*args, **kwargs)  # type: ignore[no-any-return]
+            report = vars(self).get(CALLBACK) or delivery_callback(self, native, shape).report
+            report(*args, **kwargs)
+            if not defined_by(self, cls, FLUSH_METRICS):
+                throttled_flush(self)
+            return None
+
+        def throttled_flush(self: Any) -> None:
+            # arroyo's __throttled_record(), for a subclass that overrides __flush_metrics()
+            if time.time() - getattr(self, LAST_RECORD, 0.0) > frequency_of(cls):
+                getattr(self, FLUSH_METRICS)()
 
         @functools.wraps(original[FLUSH_METRICS])
         def flush_metrics(self: Any) -> None:
             native = native_of(self, make, bind)
             if native is None:
                 return original[FLUSH_METRICS](self)  # type: ignore[no-any-return]
-            return native.flush()
+            native.flush()
+            setattr(self, LAST_RECORD, time.time())  # as arroyo's __reset_metrics() does
+            return None
 
         return {"__init__": __init__, CALLBACK: metrics_delivery_callback, FLUSH_METRICS: flush_metrics}
+
+
+def delivery_callback(producer: Any, native: MetricsBuffer, shape: Shape) -> DeliveryCallback:
+    name = producer.producer_name
+    return native.delivery_callback(
+        PRODUCE_STATUS,
+        status_tags(name, "success"),
+        status_tags(name, "error"),
+        CALLBACK_LATENCY if shape.latency else None,
+        latency_tags(name) if shape.latency else None,
+    )
+
+
+def adoption(cls: type, shape: Shape) -> tuple[Make, Bind]:
+    """How an instance of `cls` (arroyo's class, or a subclass) gets its native buffer."""
+
+    def make(producer: Any) -> MetricsBuffer:
+        # A subclass's own __flush_metrics() must be what the throttle calls, as in arroyo: then
+        # the native buffer never flushes by itself and the callback wrapper does the throttle.
+        own_flush = defined_by(producer, cls, FLUSH_METRICS)
+        native = MetricsBuffer(
+            producer._ConfluentProducer__metrics,
+            frequency_sec=frequency_of(cls) if own_flush else math.inf,
+            keyword_args=True,
+        )
+        # An instance from before install(): carry over what it had pending.
+        name = producer.producer_name
+        for status, count in take_pending(producer, "_ConfluentProducer__produce_counters"):
+            native.incr_counter(PRODUCE_STATUS, count, status_tags(name, status))
+        for value in take_pending(producer, "_ConfluentProducer__callback_latency"):
+            native.record_timing(CALLBACK_LATENCY, value, latency_tags(name))
+        return native
+
+    def bind(producer: Any, native: MetricsBuffer) -> dict[str, Any]:
+        # The fast path only where the class's methods are arroyo's own. A bound builtin method:
+        # arroyo's `self.__metrics_delivery_callback(...)` is then one vectorcall into native code.
+        if not defined_by(producer, cls, FLUSH_METRICS):
+            return {}
+        bound: dict[str, Any] = {FLUSH_METRICS: native.flush}
+        if defined_by(producer, cls, CALLBACK):
+            bound[CALLBACK] = delivery_callback(producer, native, shape).report
+        return bound
+
+    return make, bind
