@@ -1,4 +1,5 @@
-"""os.fork(): a child's buffers start empty, work, and never hang, whatever the parent's threads held."""
+"""os.fork(): a child's buffers start empty, work, and never hang, whatever the parent's threads held;
+a child forked in the middle of install() or uninstall() gets a consistent patch state."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+import types
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import pytest
 
-from arroyo_metrics_buffer import MetricsBuffer, install, uninstall
+from arroyo_metrics_buffer import MetricsBuffer, _patch, install, installed, uninstall
+from arroyo_metrics_buffer.targets import Shape, Target
 from helpers import MOCK_CLUSTER, Gate, Plain, backend, needs_kafka, producer_has_latency
 
 CHILD_SECONDS = 10
@@ -134,3 +138,82 @@ def test_forking_while_another_thread_is_emitting() -> None:
         gate.release.set()
         emitter.join(10)
     assert log.calls == [("increment", "slow", 1)]
+
+
+class Gated(type):
+    """A metaclass whose class-attribute writes of "b" wait, once, for `go`: a patch caught
+    between two attributes."""
+
+    entered = threading.Event()
+    go = threading.Event()
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        if name == "b" and not Gated.entered.is_set():
+            Gated.entered.set()
+            assert Gated.go.wait(30)
+        super().__setattr__(name, value)
+
+
+class Fake(metaclass=Gated):
+    a = "a0"
+    b = "b0"
+
+
+class FakeTarget(Target):
+    module_name = "fake"
+    class_name = "Fake"
+
+    def locate(self) -> type:
+        return Fake
+
+    def detect(self, cls: type, namespace: Mapping[str, Any]) -> Shape | str:
+        return Shape("two attributes")
+
+    def replacements(self, cls: type, shape: Shape) -> dict[str, Any]:
+        return {"a": "a1", "b": "b1"}
+
+
+@pytest.fixture
+def fake_target(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(_patch, "all_targets", lambda: [FakeTarget()])
+    monkeypatch.setitem(sys.modules, "arroyo", types.ModuleType("arroyo"))  # install() goes ahead
+    Gated.entered.clear()
+    Gated.go.clear()
+    uninstall()
+    yield
+    Gated.go.set()
+    uninstall()
+
+
+def attrs() -> tuple[Any, Any]:
+    return Fake.__dict__["a"], Fake.__dict__["b"]
+
+
+@pytest.mark.parametrize("caught_in", ["install", "uninstall"])
+def test_a_child_forked_in_the_middle_of_a_patch_sees_it_undone_and_can_redo_it(
+    fake_target: None, caught_in: str
+) -> None:
+    before = ([], ("a0", "b0")) if caught_in == "install" else (["fake.Fake"], ("a1", "b1"))
+    if caught_in == "uninstall":
+        Gated.entered.set()  # let install() through
+        assert install() == ["fake.Fake"]
+        Gated.entered.clear()
+    thread = threading.Thread(target=install if caught_in == "install" else uninstall)
+    thread.start()
+    try:
+        assert Gated.entered.wait(10)
+        assert attrs() == (("a1", "b0") if caught_in == "install" else ("a0", "b1"))
+
+        def child() -> None:
+            assert (installed(), attrs()) == before  # the half-done step is undone
+            assert install() == ["fake.Fake"]
+            assert attrs() == ("a1", "b1")
+            uninstall()
+            assert (installed(), attrs()) == ([], ("a0", "b0"))
+
+        in_child(child)
+    finally:
+        Gated.go.set()
+        thread.join(10)
+    after = (["fake.Fake"], ("a1", "b1")) if caught_in == "install" else ([], ("a0", "b0"))
+    assert (installed(), attrs()) == after  # the parent's thread finished its step

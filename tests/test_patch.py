@@ -383,3 +383,50 @@ def test_import_auto_installs() -> None:
         "print(m.installed())"
     )
     assert run_python(code) == repr(TARGETS)
+
+
+class FlushCounting(ArroyoMetricsBuffer):
+    """Overrides only flush(), which arroyo's throttle calls from incr_*()."""
+
+    def __init__(self) -> None:
+        self.flushes = 0
+        super().__init__()
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+class MetricsFlushCounting(ConfluentProducer):
+    """Overrides only arroyo's private __flush_metrics(), which its throttle and flush() call."""
+
+    def __init__(self, configuration: Any) -> None:
+        self.metric_flushes = 0
+        super().__init__(configuration)
+
+    def _ConfluentProducer__flush_metrics(self) -> None:
+        self.metric_flushes += 1
+        super()._ConfluentProducer__flush_metrics()
+
+
+def run_overriding_subclasses(log: CallLog) -> tuple[int, int, list[Any]]:
+    clock = FakeClock(5000.0)
+    latency = (4999.0,) if producer_has_latency() else ()
+    with mock.patch("time.time", clock):
+        buf = FlushCounting()
+        producer = MetricsFlushCounting(dict(MOCK_CLUSTER, **{"client.id": "sub"}))
+        for _ in range(10):
+            buf.incr_counter("arroyo.consumer.run.count", 1)
+            producer._ConfluentProducer__metrics_delivery_callback(None, None, *latency)
+            clock.now += 0.4
+        assert producer.flush(0) == 0
+    calls = list(log.calls)
+    log.calls.clear()
+    return buf.flushes, producer.metric_flushes, calls
+
+
+def test_an_overridden_flush_is_what_the_throttle_calls(log: CallLog) -> None:
+    stock = run_overriding_subclasses(log)
+    assert install() == TARGETS
+    assert run_overriding_subclasses(log) == stock
+    assert stock[:2] == (3, 4)  # every 1.2 s of 4 s; and flush()
