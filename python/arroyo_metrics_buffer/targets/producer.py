@@ -6,7 +6,8 @@ status in a dict (2.31.2+), plus one ``arroyo.producer.callback_latency`` sample
 list (2.40.3+), flushed by iterating them. Patched, arroyo's ``__init__`` still runs, then the
 instance's ``__metrics_delivery_callback`` and ``__flush_metrics`` become a native delivery callback
 and the native buffer's ``flush``; ``flush()``, ``produce()`` and the wrapped user callbacks are
-arroyo's own.
+arroyo's own. A subclass that overrides one of those two private methods keeps its override, and
+an overridden ``__flush_metrics`` is what the throttle calls, as in arroyo.
 """
 
 from __future__ import annotations
