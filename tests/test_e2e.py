@@ -23,7 +23,7 @@ from confluent_kafka import Consumer
 from arroyo_metrics_buffer import install, uninstall
 from arroyo_metrics_buffer.cli.kafka import MockCluster
 from arroyo_metrics_buffer.cli.strategies import forwarding_processor
-from helpers import CallLog, backend, kafka_producer_emits_produce_status
+from helpers import PRODUCE_STATUS, CallLog, backend, kafka_producer_emits_produce_status
 
 N = 2000
 
@@ -72,13 +72,10 @@ def test_forwarding_through_a_stream_processor_counts_every_message_once() -> No
 
     assert sorted(values, key=int) == [f"{i}".encode() for i in range(N)]
     assert sum(s.submitted for s in steps) == N
-    assert log.total("increment", "arroyo.producer.produce_status", producer_name="e2e-source") == N
+    assert log.total("increment", PRODUCE_STATUS, producer_name="e2e-source") == N
     forwarded_status = N if kafka_producer_emits_produce_status() else 0  # as stock arroyo of this version
-    assert (
-        log.total("increment", "arroyo.producer.produce_status", producer_name="e2e-forward")
-        == forwarded_status
-    )
-    assert log.total("increment", "arroyo.producer.produce_status", status="error") == 0
+    assert log.total("increment", PRODUCE_STATUS, producer_name="e2e-forward") == forwarded_status
+    assert log.total("increment", PRODUCE_STATUS, status="error") == 0
     assert log.total("increment", "arroyo.consumer.run.count") == iterations
     assert log.total("increment", "arroyo.consumer.invalid_message.count") == 0
     assert log.total("increment", "arroyo.consumer.partitions_assigned.count") >= 1

@@ -17,7 +17,7 @@ import pytest
 
 from arroyo_metrics_buffer import MetricsBuffer, _patch, install, installed, uninstall
 from arroyo_metrics_buffer.targets import Shape, Target
-from helpers import MOCK_CLUSTER, Gate, Plain, backend, needs_kafka, producer_has_latency
+from helpers import MOCK_CLUSTER, PRODUCE_STATUS, Gate, Plain, backend, needs_kafka, producer_has_latency
 
 CHILD_SECONDS = 10
 # Forking while other threads run is what these tests are about (CPython 3.12+ warns about it).
@@ -78,7 +78,7 @@ def test_the_child_starts_empty_and_the_parent_keeps_its_values(patched: None) -
             producer._ConfluentProducer__flush_metrics()
             assert [c[:3] for c in log.calls if c[0] == "increment"] == [
                 ("increment", "arroyo.consumer.run.count", 1),
-                ("increment", "arroyo.producer.produce_status", 1),
+                ("increment", PRODUCE_STATUS, 1),
             ]
 
         in_child(child)
@@ -86,7 +86,7 @@ def test_the_child_starts_empty_and_the_parent_keeps_its_values(patched: None) -
         producer._ConfluentProducer__flush_metrics()
         assert [c for c in log.calls if c[0] == "increment"] == [
             ("increment", "arroyo.consumer.run.count", 7),
-            ("increment", "arroyo.producer.produce_status", 1),
+            ("increment", PRODUCE_STATUS, 1),
         ]
 
 

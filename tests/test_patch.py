@@ -26,6 +26,7 @@ from confluent_kafka import KafkaError
 import arroyo_metrics_buffer
 from arroyo_metrics_buffer import MetricsBuffer, install, installed, uninstall
 from helpers import (
+    CALLBACK_LATENCY,
     MOCK_CLUSTER,
     PRODUCE_STATUS,
     CallLog,
@@ -183,7 +184,7 @@ def test_real_deliveries_reach_user_callbacks_and_count_once(log: CallLog) -> No
     assert log.statuses() == {"success": 20, "error": 5}
     assert log.named("increment", PRODUCE_STATUS)[0][1] == {"status": "success", "producer_name": "real"}
     if producer_has_latency():
-        samples = log.named("timing", "arroyo.producer.callback_latency")
+        samples = log.named("timing", CALLBACK_LATENCY)
         assert len(samples) == 25
         assert {tuple(t.items()) for _, t in samples} == {(("producer_name", "real"),)}
         assert all(0 <= v < 30 for v, _ in samples)
@@ -344,7 +345,7 @@ def test_instances_made_before_install_are_adopted_with_what_they_had_pending(lo
     assert log.total("increment", "arroyo.consumer.run.count") == 5
     assert log.statuses() == {"success": 2, "error": 1}
     if latency:
-        assert [v for v, _ in log.named("timing", "arroyo.producer.callback_latency")] == [1.0, 1.0, 1.0]
+        assert [v for v, _ in log.named("timing", CALLBACK_LATENCY)] == [1.0, 1.0, 1.0]
 
 
 def test_instances_made_while_installed_keep_working_after_uninstall(log: CallLog) -> None:

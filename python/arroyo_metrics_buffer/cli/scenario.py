@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..targets.producer import CALLBACK_LATENCY, PRODUCE_STATUS
 from .demo_result import (
     FORWARD,
     KAFKA_PRODUCERS,
@@ -38,8 +39,6 @@ from .load import Load
 from .progress import Progress
 
 SCENARIO_SECONDS = 300
-PRODUCE_STATUS = "arroyo.producer.produce_status"
-CALLBACK_LATENCY = "arroyo.producer.callback_latency"
 
 
 @dataclass
