@@ -217,3 +217,48 @@ def test_a_child_forked_in_the_middle_of_a_patch_sees_it_undone_and_can_redo_it(
         thread.join(10)
     after = (["fake.Fake"], ("a1", "b1")) if caught_in == "install" else ([], ("a0", "b0"))
     assert (installed(), attrs()) == after  # the parent's thread finished its step
+
+
+@needs_kafka
+def test_a_child_forked_while_another_thread_adopts_an_instance_adopts_it_again() -> None:
+    from arroyo.processing.processor import MetricsBuffer as ArroyoMetricsBuffer
+
+    entered, go = threading.Event(), threading.Event()
+
+    class SlowToAdopt(ArroyoMetricsBuffer):
+        """Its `metrics`, read when it is adopted, makes the adopting thread wait for `go`."""
+
+        adopting = False
+
+        @property  # type: ignore[override]
+        def metrics(self) -> Any:
+            if self.adopting and not entered.is_set():
+                entered.set()
+                assert go.wait(30)
+            return self._metrics
+
+        @metrics.setter
+        def metrics(self, value: Any) -> None:
+            self._metrics = value
+
+    with backend(Plain()) as log:
+        buf = SlowToAdopt()  # before install(): adopted on first use
+        install()
+        buf.adopting = True
+        thread = threading.Thread(target=buf.incr_counter, args=("c", 2))
+        thread.start()
+        try:
+            assert entered.wait(10)
+
+            def child() -> None:
+                buf.incr_counter("c", 4)  # the adoption lock is usable, the adoption redone
+                buf.flush()
+                assert log.calls == [("increment", "c", 4)]
+
+            in_child(child)
+        finally:
+            go.set()
+            thread.join(10)
+            uninstall()
+        buf.flush()
+    assert log.calls == [("increment", "c", 2)]
