@@ -4,11 +4,15 @@ has no confluent-kafka wheel): whatever needs them imports them inside."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
+import traceback
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -165,6 +169,35 @@ def run_python(code: str) -> str:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     return done.stdout.strip()
+
+
+CHILD_SECONDS = 10
+
+
+def child_exit_status(check: Callable[[], None]) -> int:
+    """Forks; the child runs `check` under an alarm and exits 0 if it returns (1 if it raises,
+    printing the traceback). The child's exit status; the test fails if the child hangs."""
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            signal.alarm(CHILD_SECONDS)  # a hung child kills itself
+            check()
+            status = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(status)
+    deadline = time.monotonic() + CHILD_SECONDS + 5
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung past its alarm")
 
 
 class BackendError(Exception):

@@ -3,12 +3,9 @@ a child forked in the middle of install() or uninstall() gets a consistent patch
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import threading
 import time
-import traceback
 import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -17,9 +14,17 @@ import pytest
 
 from arroyo_metrics_buffer import MetricsBuffer, _patch, install, installed, uninstall
 from arroyo_metrics_buffer.targets import Shape, Target
-from helpers import MOCK_CLUSTER, PRODUCE_STATUS, Gate, Plain, backend, needs_kafka, producer_has_latency
+from helpers import (
+    MOCK_CLUSTER,
+    PRODUCE_STATUS,
+    Gate,
+    Plain,
+    backend,
+    child_exit_status,
+    needs_kafka,
+    producer_has_latency,
+)
 
-CHILD_SECONDS = 10
 # Forking while other threads run is what these tests are about (CPython 3.12+ warns about it).
 pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 
@@ -32,29 +37,8 @@ def patched() -> Iterator[None]:
 
 
 def in_child(check: Callable[[], None]) -> None:
-    """Runs `check` in a forked child; fails if it raises or takes longer than CHILD_SECONDS."""
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            signal.alarm(CHILD_SECONDS)  # a hung child kills itself
-            check()
-            status = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stderr.flush()
-            os._exit(status)
-    deadline = time.monotonic() + CHILD_SECONDS + 5
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            assert os.waitstatus_to_exitcode(status) == 0, "the child's checks failed (see stderr)"
-            return
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail("the forked child hung")
+    """Runs `check` in a forked child; fails if it raises or hangs."""
+    assert child_exit_status(check) == 0, "the child's checks failed (see stderr)"
 
 
 @needs_kafka
