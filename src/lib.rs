@@ -1,7 +1,11 @@
 //! `arroyo_metrics_buffer._native`: the module definition only.
 
-pub mod buffer;
+mod args;
+mod buffer;
+mod callback;
+mod clock;
 pub mod core;
+mod emit;
 mod errors;
 
 use std::sync::OnceLock;
@@ -35,10 +39,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     if let Ok(handle) = logger.install() {
         let _ = LOG_RESET.set(handle);
     }
-    buffer::init_clock(py)?;
+    clock::init(py)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<buffer::MetricsBufferPy>()?;
-    m.add_class::<buffer::DeliveryCallbackPy>()?;
+    m.add_class::<callback::DeliveryCallbackPy>()?;
     m.add_function(wrap_pyfunction!(reset_logging, m)?)?;
     let after_fork = wrap_pyfunction!(_after_fork_in_child, m)?;
     let kwargs = PyDict::new(py);

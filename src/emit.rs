@@ -1,0 +1,180 @@
+//! Emission: a window's values to the Python backend, the way arroyo's own code calls it.
+
+use pyo3::exceptions::PyException;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+
+use crate::clock;
+use crate::core::{Buffer, Key, Kind, Value, Window};
+
+/// A key's tags as a new dict, or None when it has none.
+pub(crate) fn tags_dict<'py>(py: Python<'py>, key: &Key) -> PyResult<Option<Bound<'py, PyDict>>> {
+    if key.tags.is_empty() {
+        return Ok(None);
+    }
+    let tags = PyDict::new(py);
+    for (k, v) in key.tags.iter() {
+        tags.set_item(&**k, &**v)?;
+    }
+    Ok(Some(tags))
+}
+
+pub(crate) fn value_object(py: Python<'_>, value: Value) -> PyResult<Bound<'_, PyAny>> {
+    Ok(match value {
+        Value::Int(i) => i.into_pyobject(py)?.into_any(),
+        Value::Float(f) => f.into_pyobject(py)?.into_any(),
+    })
+}
+
+/// Emits `window`, then every window asked for by other threads meanwhile. A backend error
+/// gives back what was not sent, is logged once, and goes no further; anything that is not an
+/// `Exception` (KeyboardInterrupt, SystemExit) is re-raised once the data is safe.
+pub(crate) fn emit_all(
+    py: Python<'_>,
+    core: &Buffer,
+    metrics: &Bound<'_, PyAny>,
+    keyword_args: bool,
+    mut window: Window,
+) -> PyResult<()> {
+    loop {
+        let failure = emit(metrics, keyword_args, &window);
+        let unsent = failure.as_ref().map(|(sent, _)| window.remainder(*sent));
+        let pending = unsent.as_ref().map_or(0, |w| w.emissions().count());
+        drop(window);
+        let now = clock::now(py);
+        let next = core.end_flush(unsent, now.as_ref().ok().copied());
+        if let Some((_, err)) = failure {
+            log_failure(py, &err, pending);
+            if !err.is_instance_of::<PyException>(py) {
+                return Err(err);
+            }
+        }
+        if let Err(e) = now {
+            if let Some(w) = next {
+                core.end_flush(Some(w), None);
+            }
+            return Err(e);
+        }
+        match next {
+            Some(w) => window = w,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Calls the backend for each emission; on an error, returns how many went out and the error.
+fn emit(metrics: &Bound<'_, PyAny>, keyword_args: bool, window: &Window) -> Option<(usize, PyErr)> {
+    let mut calls = Calls::new(metrics.clone(), keyword_args);
+    for (sent, e) in window.emissions().enumerate() {
+        if let Err(err) = calls.call(e.kind, e.key, e.value) {
+            return Some((sent, err));
+        }
+    }
+    None
+}
+
+static KWNAMES: PyOnceLock<[Py<PyTuple>; 3]> = PyOnceLock::new();
+
+/// Calls a metrics backend the way arroyo's own code does: `timing(name, value)` /
+/// `increment(name, value)`, `tags=` only when there are tags, or all three as keywords. It uses
+/// vectorcall with keyword names (as a Python call site does, no kwargs dict), and reuses the last
+/// key's name string and tags, since a window's samples of one key come one after another. Each
+/// call gets its own copy of the tags dict, so a backend that changes it changes nothing else.
+struct Calls<'py> {
+    metrics: Bound<'py, PyAny>,
+    keyword_args: bool,
+    last: Option<LastKey<'py>>,
+}
+
+/// A key (by address, within the window being emitted), its name and its tags as Python objects.
+type LastKey<'py> = (*const Key, Bound<'py, PyString>, Option<Bound<'py, PyDict>>);
+
+impl<'py> Calls<'py> {
+    fn new(metrics: Bound<'py, PyAny>, keyword_args: bool) -> Self {
+        Calls {
+            metrics,
+            keyword_args,
+            last: None,
+        }
+    }
+
+    fn call(&mut self, kind: Kind, key: &Key, value: Value) -> PyResult<()> {
+        let py = self.metrics.py();
+        let [all, name_value, tags_only] = KWNAMES.get_or_init(py, || {
+            [
+                PyTuple::new(py, ["name", "value", "tags"])
+                    .expect("a tuple")
+                    .unbind(),
+                PyTuple::new(py, ["name", "value"])
+                    .expect("a tuple")
+                    .unbind(),
+                PyTuple::new(py, ["tags"]).expect("a tuple").unbind(),
+            ]
+        });
+        if self
+            .last
+            .as_ref()
+            .is_none_or(|(k, ..)| !std::ptr::eq(*k, key))
+        {
+            self.last = Some((key, PyString::new(py, &key.name), tags_dict(py, key)?));
+        }
+        let (_, name, template) = self.last.as_ref().expect("set above");
+        let tags = template.as_ref().map(|t| t.copy()).transpose()?;
+        let value = value_object(py, value)?;
+        let method = match kind {
+            Kind::Counter => intern!(py, "increment"),
+            Kind::Timer | Kind::Sample => intern!(py, "timing"),
+        };
+        let mut args = [
+            self.metrics.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr(),
+            std::ptr::null_mut(),
+        ];
+        if let Some(tags) = &tags {
+            args[3] = tags.as_ptr();
+        }
+        // args[0] is the object whose method is called, then the positionals, then the values of
+        // the keywords named in `kwnames`.
+        let (positional, kwnames) = match (self.keyword_args, tags.is_some()) {
+            (true, true) => (1, all.as_ptr()),
+            (true, false) => (1, name_value.as_ptr()),
+            (false, true) => (3, tags_only.as_ptr()),
+            (false, false) => (3, std::ptr::null_mut()),
+        };
+        // SAFETY: every pointer used from `args` and `kwnames` is a live object borrowed for the
+        // duration of the call; PY_VECTORCALL_ARGUMENTS_OFFSET is not set, so `args` is not written.
+        unsafe {
+            let result = pyo3::ffi::PyObject_VectorcallMethod(
+                method.as_ptr(),
+                args.as_ptr(),
+                positional,
+                kwnames,
+            );
+            Bound::from_owned_ptr_or_err(py, result)?;
+        }
+        Ok(())
+    }
+}
+
+fn log_failure(py: Python<'_>, err: &PyErr, pending: usize) {
+    let traceback = py
+        .import("traceback")
+        .and_then(|tb| tb.call_method1("format_exception", (err.value(py),)))
+        .and_then(|lines| lines.cast_into::<PyList>().map_err(PyErr::from))
+        .map(|lines| {
+            lines
+                .iter()
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+                .concat()
+        })
+        .unwrap_or_else(|_| format!("{err}\n"));
+    log::warn!(
+        target: "arroyo_metrics_buffer",
+        "metrics backend raised during a flush; {pending} metric call(s) kept for the next flush\n{}",
+        traceback.trim_end()
+    );
+}
