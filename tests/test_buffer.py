@@ -14,7 +14,7 @@ from unittest import mock
 import pytest
 
 from arroyo_metrics_buffer import MetricsBuffer
-from conftest import BackendError, Recorder
+from helpers import BackendError, Recorder
 
 
 @pytest.fixture
