@@ -89,13 +89,7 @@ impl MetricsBufferPy {
         now: f64,
     ) -> PyResult<()> {
         match self.core.record(adds, Some(now)).map_err(Error::from)? {
-            Some(window) => emit::emit_all(
-                py,
-                &self.core,
-                self.metrics.bind(py),
-                self.keyword_args,
-                window,
-            ),
+            Some(emit) => emit::emit_all(py, emit, self.metrics.bind(py), self.keyword_args),
             None => Ok(()),
         }
     }
@@ -223,13 +217,7 @@ impl MetricsBufferPy {
 
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
         match self.core.begin_flush() {
-            Begin::Emit(window) => emit::emit_all(
-                py,
-                &self.core,
-                self.metrics.bind(py),
-                self.keyword_args,
-                window,
-            ),
+            Begin::Emit(emit) => emit::emit_all(py, emit, self.metrics.bind(py), self.keyword_args),
             Begin::HandedOff | Begin::Reentrant => Ok(()),
         }
     }

@@ -7,7 +7,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::clock;
-use crate::core::{Buffer, Key, Kind, Value, Window};
+use crate::core::{Emit, Key, Kind, Value};
 
 /// A key's tags as a new dict, or None when it has none.
 pub(crate) fn tags_dict<'py>(py: Python<'py>, key: &Key) -> PyResult<Option<Bound<'py, PyDict>>> {
@@ -28,51 +28,34 @@ pub(crate) fn value_object(py: Python<'_>, value: Value) -> PyResult<Bound<'_, P
     })
 }
 
-/// Emits `window`, then every window asked for by other threads meanwhile. A backend error
-/// gives back what was not sent, is logged once, and goes no further; anything that is not an
-/// `Exception` (KeyboardInterrupt, SystemExit) is re-raised once the data is safe.
+/// Sends the emit's window, then every window asked for by other threads meanwhile. A backend
+/// error gives back what was not sent, is logged once, and goes no further; anything that is not
+/// an `Exception` (KeyboardInterrupt, SystemExit) is re-raised once the data is safe.
 pub(crate) fn emit_all(
     py: Python<'_>,
-    core: &Buffer,
+    mut emit: Emit<'_>,
     metrics: &Bound<'_, PyAny>,
     keyword_args: bool,
-    mut window: Window,
 ) -> PyResult<()> {
     loop {
-        let failure = emit(metrics, keyword_args, &window);
-        let unsent = failure.as_ref().map(|(sent, _)| window.remainder(*sent));
-        let pending = unsent.as_ref().map_or(0, |w| w.emissions().count());
-        drop(window);
+        let mut calls = Calls::new(metrics.clone(), keyword_args);
+        let failure = emit.send(|e| calls.call(e.kind, e.key, e.value)).err();
+        let pending = emit.unsent();
         let now = clock::now(py);
-        let next = core.end_flush(unsent, now.as_ref().ok().copied());
-        if let Some((_, err)) = failure {
+        let next = emit.end(now.as_ref().ok().copied());
+        if let Some(err) = failure {
             log_failure(py, &err, pending);
             if !err.is_instance_of::<PyException>(py) {
                 return Err(err);
             }
         }
-        if let Err(e) = now {
-            if let Some(w) = next {
-                core.end_flush(Some(w), None);
-            }
-            return Err(e);
-        }
+        // A clock error: the next window, if any, goes back (dropping its emit).
+        now?;
         match next {
-            Some(w) => window = w,
+            Some(next) => emit = next,
             None => return Ok(()),
         }
     }
-}
-
-/// Calls the backend for each emission; on an error, returns how many went out and the error.
-fn emit(metrics: &Bound<'_, PyAny>, keyword_args: bool, window: &Window) -> Option<(usize, PyErr)> {
-    let mut calls = Calls::new(metrics.clone(), keyword_args);
-    for (sent, e) in window.emissions().enumerate() {
-        if let Err(err) = calls.call(e.kind, e.key, e.value) {
-            return Some((sent, err));
-        }
-    }
-    None
 }
 
 static KWNAMES: PyOnceLock<[Py<PyTuple>; 3]> = PyOnceLock::new();

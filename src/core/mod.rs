@@ -9,7 +9,7 @@ mod fork;
 mod key;
 mod window;
 
-pub use flush::Begin;
+pub use flush::{Begin, Emit};
 pub use fork::after_fork_in_child;
 pub use key::{own_tags, Key, Kind, Tags, Value};
 pub use window::{Add, Emission, Entry, Window};
@@ -119,19 +119,19 @@ impl Buffer {
 
     /// Applies `adds` (all or none). When `now` is given and more than the frequency has passed
     /// since the last flush and nobody is emitting, this caller wins the flush: the window, with
-    /// these values in it, is returned for it to emit, and it must then call [`Buffer::end_flush`].
+    /// these values in it, is returned for it to emit.
     pub fn record<S: AsRef<str>>(
         &self,
         adds: &[Add<'_, S>],
         now: Option<f64>,
-    ) -> Result<Option<Window>, CoreError> {
+    ) -> Result<Option<Emit<'_>>, CoreError> {
         let shared = self.shared();
         let mut state = shared.state.lock();
         let dropped = state.window.apply(adds, self.max_samples)?;
         let due = match now {
             Some(now) if state.throttle_due(now, self.frequency) => {
                 shared.set_last_flush(&mut state, now);
-                Some(state.become_emitter())
+                Some(Emit::new(self, state.become_emitter()))
             }
             _ => None,
         };
@@ -200,12 +200,39 @@ pub(crate) mod testing {
             .collect()
     }
 
-    /// Becomes the emitter of `b` and returns its window.
-    pub fn take(b: &Buffer) -> Window {
+    /// Becomes the emitter of `b`.
+    pub fn take(b: &Buffer) -> Emit<'_> {
         match b.begin_flush() {
-            Begin::Emit(w) => w,
+            Begin::Emit(emit) => emit,
             _ => panic!("expected to become the emitter"),
         }
+    }
+
+    /// Sends everything; returns what went out.
+    pub fn send_all(emit: &mut Emit<'_>) -> Vec<(Kind, String, Value)> {
+        let mut sent = Vec::new();
+        let result = emit.send(|e| {
+            sent.push((e.kind, e.key.name.to_string(), e.value));
+            Ok::<(), ()>(())
+        });
+        assert!(result.is_ok());
+        sent
+    }
+
+    /// Sends the first `n` emissions, then fails; returns how many are left.
+    pub fn fail_after(emit: &mut Emit<'_>, n: usize) -> usize {
+        let mut calls = 0;
+        assert!(emit
+            .send(|_| {
+                calls += 1;
+                if calls > n {
+                    Err(())
+                } else {
+                    Ok(())
+                }
+            })
+            .is_err());
+        emit.unsent()
     }
 }
 
@@ -219,21 +246,23 @@ mod tests {
 
     type Totals = parking_lot::Mutex<HashMap<(Kind, String), (f64, u64)>>;
 
-    /// Adds a window's emissions to the totals, and any window handed over meanwhile.
-    fn tally_all(buffer: &Buffer, w: Window, totals: &Totals) {
-        let mut next = Some(w);
-        while let Some(w) = next {
+    /// Adds an emit's emissions to the totals, and those of any flush handed over meanwhile.
+    fn tally_all(emit: Emit<'_>, totals: &Totals) {
+        let mut next = Some(emit);
+        while let Some(mut emit) = next {
             let mut t = totals.lock();
-            for e in w.emissions() {
+            let sent = emit.send(|e| {
                 let slot = t.entry((e.kind, e.key.name.to_string())).or_default();
                 slot.0 += match e.value {
                     Value::Int(i) => i as f64,
                     Value::Float(f) => f,
                 };
                 slot.1 += e.count;
-            }
+                Ok::<(), ()>(())
+            });
+            assert!(sent.is_ok());
             drop(t);
-            next = buffer.end_flush(None, None);
+            next = emit.end(None);
         }
     }
 
@@ -252,7 +281,7 @@ mod tests {
                 let mut takes = 0u64;
                 while !done.load(Ordering::Acquire) {
                     if let Begin::Emit(w) = buffer.begin_flush() {
-                        tally_all(&buffer, w, &totals);
+                        tally_all(w, &totals);
                         takes += 1;
                     }
                 }
@@ -273,7 +302,7 @@ mod tests {
                         // Every 1000th add also asks for a throttled flush (frequency 0).
                         let now = (i % 1000 == 0).then_some(i as f64 + 1.0);
                         if let Some(w) = buffer.record(&adds, now).unwrap() {
-                            tally_all(&buffer, w, &totals);
+                            tally_all(w, &totals);
                         }
                     }
                 })
@@ -284,7 +313,7 @@ mod tests {
         }
         done.store(true, Ordering::Release);
         assert!(taker.join().unwrap() > 0, "the taker never took a window");
-        tally_all(&buffer, take(&buffer), &totals);
+        tally_all(take(&buffer), &totals);
         let totals = totals.lock();
         let per_key = (THREADS as i64 * PER_THREAD) / KEYS.len() as i64;
         for key in KEYS {

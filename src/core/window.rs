@@ -249,6 +249,12 @@ impl Window {
             }))
     }
 
+    /// How many items [`Window::emissions`] yields.
+    pub fn emission_count(&self) -> usize {
+        let aggregates = self.entries.iter().filter(|e| e.kind != Kind::Sample);
+        aggregates.count() + self.samples.len()
+    }
+
     /// Everything from the `skip`-th emission on, as a window of its own, in the same order.
     pub fn remainder(&self, skip: usize) -> Window {
         let mut rest = Window::new(self.hasher.clone());
