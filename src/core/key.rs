@@ -58,21 +58,17 @@ impl Key {
 
     /// Whether this is the key of `name` and `tags` (tags in any order).
     pub(super) fn matches<S: AsRef<str>>(&self, name: &str, tags: &[(S, S)]) -> bool {
-        let has = |(k, v): &(S, S)| {
-            self.tags
-                .iter()
-                .any(|(sk, sv)| **sk == *k.as_ref() && **sv == *v.as_ref())
-        };
-        let same_order = || {
-            self.tags
-                .iter()
-                .zip(tags)
-                .all(|((sk, sv), (k, v))| **sk == *k.as_ref() && **sv == *v.as_ref())
-        };
-        *self.name == *name
-            && self.tags.len() == tags.len()
-            && (same_order() || tags.iter().all(has))
+        *self.name == *name && same_tags(&self.tags, tags)
     }
+}
+
+/// Whether two tag lists are the same mapping (each has distinct tag names, as a mapping's do).
+pub(super) fn same_tags<A: AsRef<str>, B: AsRef<str>>(a: &[(A, A)], b: &[(B, B)]) -> bool {
+    let same = |(ak, av): &(A, A), (bk, bv): &(B, B)| {
+        ak.as_ref() == bk.as_ref() && av.as_ref() == bv.as_ref()
+    };
+    let same_order = || a.iter().zip(b).all(|(x, y)| same(x, y));
+    a.len() == b.len() && (same_order() || b.iter().all(|y| a.iter().any(|x| same(x, y))))
 }
 
 /// Seeded foldhash for keys. The seed is random per buffer, and shared by all its windows so that a

@@ -2,7 +2,7 @@
 
 use hashbrown::HashTable;
 
-use super::key::{Key, KeyHasher, Kind, Value};
+use super::key::{same_tags, Key, KeyHasher, Kind, Value};
 use super::CoreError;
 
 /// One change to make to a window: add `amount` under (`kind`, `name`, `tags`).
@@ -161,16 +161,8 @@ impl Window {
             if let Some(slot) = found.get_mut(i) {
                 *slot = (hash, at);
             }
-            if let (Some(at), Value::Int(delta)) = (at, add.amount) {
-                if let Value::Int(sum) = self.entries[at as usize].sum {
-                    if sum.checked_add(delta).is_none() {
-                        return Err(CoreError::CounterOverflow {
-                            name: add.name.to_owned(),
-                            sum,
-                            delta,
-                        });
-                    }
-                }
+            if let Value::Int(delta) = add.amount {
+                self.check_counter(at, &adds[..i], add, delta)?;
             }
         }
         let mut dropped = 0;
@@ -204,8 +196,40 @@ impl Window {
         Ok(dropped)
     }
 
-    /// Adds `amount` (the sum of `count` values) to an entry. Only the give-back merge can add to a
-    /// counter without the overflow check in `apply`; it saturates rather than wrap.
+    /// Refuses a counter add whose sum would leave the i64 range, counting the `earlier` adds of
+    /// the same batch to the same key. `at` is the key's entry, if it has one.
+    fn check_counter<S: AsRef<str>>(
+        &self,
+        at: Option<u32>,
+        earlier: &[Add<'_, S>],
+        add: &Add<'_, S>,
+        delta: i64,
+    ) -> Result<(), CoreError> {
+        let mut sum = match at.map(|at| self.entries[at as usize].sum) {
+            Some(Value::Int(sum)) => sum,
+            Some(Value::Float(_)) => return Ok(()),
+            None => 0,
+        };
+        let same_key = |e: &&Add<'_, S>| {
+            e.kind == add.kind && e.name == add.name && same_tags(e.tags, add.tags)
+        };
+        for e in earlier.iter().filter(same_key) {
+            if let Value::Int(d) = e.amount {
+                sum = sum.saturating_add(d); // checked when it was `add`
+            }
+        }
+        match sum.checked_add(delta) {
+            Some(_) => Ok(()),
+            None => Err(CoreError::CounterOverflow {
+                name: add.name.to_owned(),
+                sum,
+                delta,
+            }),
+        }
+    }
+
+    /// Adds `amount` (the sum of `count` values) to an entry. Counters were checked not to
+    /// overflow (by `apply`, or kept apart by `merge_one`); saturating is only a backstop.
     fn accumulate(&mut self, at: u32, amount: Value, count: u64) {
         let entry = &mut self.entries[at as usize];
         entry.sum = match (entry.sum, amount) {
@@ -269,12 +293,33 @@ impl Window {
         if kind == Kind::Sample && self.samples.len() >= cap {
             return 1;
         }
-        let at = self.entry_for(kind, key, value.zero());
+        let mut at = self.entry_for(kind, key, value.zero());
+        if let (Value::Int(sum), Value::Int(more)) = (self.entries[at as usize].sum, value) {
+            if sum.checked_add(more).is_none() {
+                // Kept apart rather than saturated: this entry goes out as it is, and the key's
+                // later values go to a new one, emitted after it.
+                let hash = self.seal(at);
+                at = self.insert(hash, kind, key.clone(), value.zero());
+            }
+        }
         self.accumulate(at, value, count);
         if let (Kind::Sample, Value::Float(v)) = (kind, value) {
             self.samples.push((at, v));
         }
         0
+    }
+
+    /// Takes an entry out of the lookups (table and hints); it stays in the emissions. Returns its
+    /// hash.
+    fn seal(&mut self, at: u32) -> u64 {
+        let hash = self.entries[at as usize].hash;
+        if let Ok(found) = self.table.find_entry(hash, |&i| i == at) {
+            found.remove();
+        }
+        for hint in self.hints.iter_mut().filter(|(_, i)| *i == at) {
+            *hint = (0, 0); // no name lives at address 0
+        }
+        hash
     }
 
     /// Appends `newer` after this window: sums merge into existing keys, new keys and all samples
@@ -366,6 +411,78 @@ mod tests {
         assert_eq!(w.entries()[0].sum, Value::Int(i64::MAX));
         w.apply(&[counter("d", i64::MIN)], usize::MAX).unwrap();
         assert!(w.apply(&[counter("d", -1)], usize::MAX).is_err());
+    }
+
+    #[test]
+    fn the_overflow_check_counts_a_key_repeated_within_one_batch() {
+        let ab = [("a", "1"), ("b", "2")];
+        let ba = [("b", "2"), ("a", "1")];
+        let mut w = window(&[counter("c", 1)]);
+        let before = sums(&w);
+        let err = w
+            .apply(&[counter("c", i64::MAX - 1), counter("c", 1)], usize::MAX)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            CoreError::CounterOverflow {
+                name: "c".into(),
+                sum: i64::MAX,
+                delta: 1
+            }
+        );
+        // A key new to the window, the second time with its tags in another order.
+        let twice = [
+            add(Kind::Counter, "d", &ab, Value::Int(i64::MIN)),
+            add(Kind::Counter, "d", &ba, Value::Int(-1)),
+        ];
+        assert!(w.apply(&twice, usize::MAX).is_err());
+        assert_eq!(sums(&w), before);
+        w.apply(&[counter("c", i64::MAX - 2), counter("c", 1)], usize::MAX)
+            .unwrap();
+        assert_eq!(w.entries()[0].sum, Value::Int(i64::MAX));
+    }
+
+    #[test]
+    fn a_give_back_that_would_overflow_keeps_the_values_apart() {
+        let w = window(&[counter("c", i64::MAX - 1), counter("d", 1)]);
+        let mut given_back = w.remainder(0);
+        let newer = window(&[counter("c", 5), counter("e", 1)]);
+        given_back.absorb(newer, usize::MAX);
+        assert_eq!(
+            emitted(&given_back),
+            vec![
+                (Kind::Counter, "c".into(), Value::Int(i64::MAX - 1)),
+                (Kind::Counter, "d".into(), Value::Int(1)),
+                (Kind::Counter, "c".into(), Value::Int(5)),
+                (Kind::Counter, "e".into(), Value::Int(1)),
+            ]
+        );
+        // Later values of "c" add to the newer part, by a hint or by the table.
+        given_back.apply(&[counter("c", 2)], usize::MAX).unwrap();
+        let tagged = [("t", "1")];
+        given_back
+            .apply(
+                &[add(Kind::Counter, "c", &tagged, Value::Int(1))],
+                usize::MAX,
+            )
+            .unwrap();
+        let c: Vec<_> = given_back
+            .entries()
+            .iter()
+            .filter(|e| &*e.key.name == "c" && e.key.tags.is_empty())
+            .map(|e| (e.sum, e.count))
+            .collect();
+        assert_eq!(c, vec![(Value::Int(i64::MAX - 1), 1), (Value::Int(7), 2)]);
+        // Even a remainder of it does not merge them.
+        let rest = given_back.remainder(0);
+        assert_eq!(
+            emitted(&rest)[0],
+            (Kind::Counter, "c".into(), Value::Int(i64::MAX - 1))
+        );
+        assert_eq!(
+            emitted(&rest)[2],
+            (Kind::Counter, "c".into(), Value::Int(7))
+        );
     }
 
     #[test]
