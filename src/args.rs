@@ -60,6 +60,13 @@ pub(crate) fn int(
     })
 }
 
+/// Looks up `numbers.Real` (at module import).
+pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
+    let real = py.import("numbers")?.getattr("Real")?;
+    let _ = NUMBERS_REAL.set(py, real.unbind());
+    Ok(())
+}
+
 /// A float, an int, or any other `numbers.Real`.
 pub(crate) fn real(
     function: &'static str,
@@ -70,9 +77,9 @@ pub(crate) fn real(
         return Ok(f.value());
     }
     let py = obj.py();
-    let real = NUMBERS_REAL.get_or_try_init(py, || {
-        py.import("numbers")?.getattr("Real").map(Bound::unbind)
-    })?;
+    let real = NUMBERS_REAL
+        .get(py)
+        .expect("args::init runs at module import");
     if obj.is_instance_of::<PyInt>() || obj.is_instance(real.bind(py))? {
         return obj
             .extract::<f64>()

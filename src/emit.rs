@@ -58,7 +58,19 @@ pub(crate) fn emit_all(
     }
 }
 
+/// The keyword names of the three call shapes: all three, name and value, tags only.
 static KWNAMES: PyOnceLock<[Py<PyTuple>; 3]> = PyOnceLock::new();
+
+/// Makes the keyword names (at module import).
+pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
+    let names = [
+        PyTuple::new(py, ["name", "value", "tags"])?.unbind(),
+        PyTuple::new(py, ["name", "value"])?.unbind(),
+        PyTuple::new(py, ["tags"])?.unbind(),
+    ];
+    let _ = KWNAMES.set(py, names);
+    Ok(())
+}
 
 /// Calls a metrics backend the way arroyo's own code does: `timing(name, value)` /
 /// `increment(name, value)`, `tags=` only when there are tags, or all three as keywords. It uses
@@ -85,17 +97,8 @@ impl<'py> Calls<'py> {
 
     fn call(&mut self, kind: Kind, key: &Key, value: Value) -> PyResult<()> {
         let py = self.metrics.py();
-        let [all, name_value, tags_only] = KWNAMES.get_or_init(py, || {
-            [
-                PyTuple::new(py, ["name", "value", "tags"])
-                    .expect("a tuple")
-                    .unbind(),
-                PyTuple::new(py, ["name", "value"])
-                    .expect("a tuple")
-                    .unbind(),
-                PyTuple::new(py, ["tags"]).expect("a tuple").unbind(),
-            ]
-        });
+        let [all, name_value, tags_only] =
+            KWNAMES.get(py).expect("emit::init runs at module import");
         if self
             .last
             .as_ref()

@@ -8,7 +8,6 @@ __all__ = [
     "DeliveryCallback",
     "MetricsBuffer",
     "__version__",
-    "_after_fork_in_child",
     "reset_logging",
 ]
 
@@ -36,6 +35,9 @@ class MetricsBuffer:
     next flush, nothing sent is sent again, and one warning with the traceback is logged to the
     ``arroyo_metrics_buffer`` logger. A backend that calls back into the buffer while it is being
     flushed adds to the next window.
+
+    In a child forked with ``fork()`` (``os.fork`` or native code), every buffer starts empty; the
+    parent keeps its values.
     """
 
     def __new__(
@@ -113,9 +115,6 @@ class DeliveryCallback:
     def __call__(
         self, error: object | None, _message: object, time_of_produce: float | None = None
     ) -> None: ...
-
-def _after_fork_in_child() -> None:
-    """Registered with ``os.register_at_fork``: buffers start empty in a forked child."""
 
 def reset_logging() -> None:
     """Forget cached Python loggers (after the application replaced its logger objects)."""

@@ -128,7 +128,7 @@ impl Drop for Emit<'_> {
 impl Buffer {
     /// An explicit flush.
     pub fn begin_flush(&self) -> Begin<'_> {
-        let mut state = self.shared().state.lock();
+        let mut state = self.shared().lock();
         match state.emitter {
             Some(emitter) if emitter == thread::current().id() => Begin::Reentrant,
             Some(_) => {
@@ -143,7 +143,7 @@ impl Buffer {
     /// the next window to emit, if the role goes on.
     fn end_flush(&self, unsent: Option<Window>, now: Option<f64>) -> Option<Window> {
         let shared = self.shared();
-        let mut state = shared.state.lock();
+        let mut state = shared.lock();
         if let Some(now) = now {
             shared.set_last_flush(&mut state, now);
         }

@@ -17,6 +17,30 @@ pub fn after_fork_in_child() {
     GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
+/// Registers [`after_fork_in_child`] with `pthread_atfork`, once per process, so that it runs in
+/// the child of every `fork()`: Python's `os.fork`, or any native code's. Nothing callable from
+/// Python can run it.
+#[cfg(unix)]
+pub fn register_at_fork() -> std::io::Result<()> {
+    extern "C" fn child() {
+        after_fork_in_child();
+    }
+    static REGISTERED: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    // SAFETY: registering a handler has no precondition; the handler only bumps an atomic, which
+    // is async-signal-safe, as a child handler in a multithreaded process must be.
+    let rc = *REGISTERED.get_or_init(|| unsafe { libc::pthread_atfork(None, None, Some(child)) });
+    match rc {
+        0 => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// No `fork()` here.
+#[cfg(not(unix))]
+pub fn register_at_fork() -> std::io::Result<()> {
+    Ok(())
+}
+
 struct Slot<T> {
     generation: u64,
     value: T,
@@ -98,13 +122,13 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parking_lot::Mutex;
+    use std::sync::Mutex;
 
     #[test]
     fn a_child_renews_the_value_once_even_if_its_lock_was_held() {
         let _alone = testing::exclusive();
         let local = ForkLocal::new(Mutex::new(vec![1]));
-        let held = local.get(|_| unreachable!()).lock();
+        let held = local.get(|_| unreachable!()).lock().unwrap();
         let renewals = std::sync::atomic::AtomicU64::new(0);
         let renew = |_: &Mutex<Vec<i32>>| {
             renewals.fetch_add(1, Ordering::Relaxed);
@@ -112,10 +136,40 @@ mod tests {
         };
         // What fork() leaves in the child: the lock held by a thread that does not exist there.
         after_fork_in_child();
-        assert_eq!(*local.get(renew).lock(), vec![2]);
-        local.get(renew).lock().push(3);
-        assert_eq!(*local.get(renew).lock(), vec![2, 3]);
+        assert_eq!(*local.get(renew).try_lock().unwrap(), vec![2]);
+        local.get(renew).try_lock().unwrap().push(3);
+        assert_eq!(*local.get(renew).try_lock().unwrap(), vec![2, 3]);
         assert_eq!(renewals.load(Ordering::Relaxed), 1);
         drop(held);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_real_fork_renews_the_value_in_the_child_whatever_the_parent_held() {
+        let _alone = testing::exclusive();
+        register_at_fork().unwrap();
+        let local = ForkLocal::new(Mutex::new(1));
+        let renew = |_: &Mutex<i32>| Mutex::new(2);
+        let held = local.get(renew).lock().unwrap();
+        // SAFETY: the child only reads atomics, takes a fresh lock and exits at once.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let renewed = local
+                .get(renew)
+                .try_lock()
+                .map(|v| *v == 2)
+                .unwrap_or(false);
+            // SAFETY: leaving the child without running the test harness's atexit code.
+            unsafe { libc::_exit(if renewed { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "status {status}"
+        );
+        assert_eq!(*held, 1, "the parent's value is untouched");
     }
 }

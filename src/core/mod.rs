@@ -10,12 +10,12 @@ mod key;
 mod window;
 
 pub use flush::{Begin, Emit};
-pub use fork::after_fork_in_child;
+pub use fork::{after_fork_in_child, register_at_fork};
 pub use key::{own_tags, Key, Kind, Tags, Value};
 pub use window::{Add, Emission, Entry, Window};
 
-use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use flush::State;
 use fork::ForkLocal;
@@ -39,6 +39,12 @@ impl std::fmt::Display for CoreError {
     }
 }
 
+/// Makes process-wide lazy state ready (foldhash's global seed), so that no thread is ever
+/// making it when the process forks.
+pub fn prepare() {
+    let _ = KeyHasher::default();
+}
+
 /// Counters for people debugging a consumer.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -60,6 +66,11 @@ impl Shared {
             state: Mutex::new(State::new(Window::new(hasher.clone()), last_flush)),
             last_flush: AtomicU64::new(last_flush.to_bits()),
         }
+    }
+
+    /// The state; a panic that happened under the lock (a bug) does not make it unusable.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn set_last_flush(&self, state: &mut State, now: f64) {
@@ -126,7 +137,7 @@ impl Buffer {
         now: Option<f64>,
     ) -> Result<Option<Emit<'_>>, CoreError> {
         let shared = self.shared();
-        let mut state = shared.state.lock();
+        let mut state = shared.lock();
         let dropped = state.window.apply(adds, self.max_samples)?;
         let due = match now {
             Some(now) if state.throttle_due(now, self.frequency) => {
@@ -148,7 +159,7 @@ impl Buffer {
 
     /// What is pending, without flushing: (kind, key, sum, number of values) per entry.
     pub fn snapshot(&self) -> Vec<(Kind, Key, Value, u64)> {
-        let state = self.shared().state.lock();
+        let state = self.shared().lock();
         state
             .window
             .entries()
@@ -244,13 +255,13 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
-    type Totals = parking_lot::Mutex<HashMap<(Kind, String), (f64, u64)>>;
+    type Totals = Mutex<HashMap<(Kind, String), (f64, u64)>>;
 
     /// Adds an emit's emissions to the totals, and those of any flush handed over meanwhile.
     fn tally_all(emit: Emit<'_>, totals: &Totals) {
         let mut next = Some(emit);
         while let Some(mut emit) = next {
-            let mut t = totals.lock();
+            let mut t = totals.lock().unwrap();
             let sent = emit.send(|e| {
                 let slot = t.entry((e.kind, e.key.name.to_string())).or_default();
                 slot.0 += match e.value {
@@ -314,7 +325,7 @@ mod tests {
         done.store(true, Ordering::Release);
         assert!(taker.join().unwrap() > 0, "the taker never took a window");
         tally_all(take(&buffer), &totals);
-        let totals = totals.lock();
+        let totals = totals.lock().unwrap();
         let per_key = (THREADS as i64 * PER_THREAD) / KEYS.len() as i64;
         for key in KEYS {
             let total = |kind: Kind| totals[&(kind, key.to_string())];
@@ -360,7 +371,7 @@ mod tests {
         let _alone = exclusive();
         let b = Buffer::new(1.0, 100, 7.0);
         b.record(&[counter("parent", 1)], None).unwrap();
-        let held = b.shared().state.lock();
+        let held = b.shared().lock();
         // What fork() leaves in the child: the lock held by a thread that does not exist there.
         after_fork_in_child();
         b.record(&[counter("child", 1)], None).unwrap();
