@@ -3,9 +3,12 @@
 //! Nothing here calls Python while the core's lock is held: the core takes and gives back whole
 //! windows, and the backend, `time.time` and logging are called between those steps.
 
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
+use pyo3::PyTraverseError;
 
+use crate::backend::Backend;
 use crate::callback::DeliveryCallbackPy;
 use crate::core::{Add, Begin, Buffer, Kind, Value};
 use crate::emit::{self, tags_dict, value_object};
@@ -44,12 +47,12 @@ const RECORD_TIMING: Incr = Incr {
 #[pyclass(
     name = "MetricsBuffer",
     module = "arroyo_metrics_buffer._native",
-    frozen
+    frozen,
+    weakref
 )]
 pub struct MetricsBufferPy {
     pub(crate) core: Buffer,
-    metrics: Py<PyAny>,
-    keyword_args: bool,
+    backend: Backend,
 }
 
 impl MetricsBufferPy {
@@ -89,7 +92,7 @@ impl MetricsBufferPy {
         now: f64,
     ) -> PyResult<()> {
         match self.core.record(adds, Some(now)).map_err(Error::from)? {
-            Some(emit) => emit::emit_all(py, emit, self.metrics.bind(py), self.keyword_args),
+            Some(emit) => emit::emit_all(py, emit, &self.backend),
             None => Ok(()),
         }
     }
@@ -142,14 +145,14 @@ impl MetricsBufferPy {
         };
         Ok(MetricsBufferPy {
             core: Buffer::new(frequency, max_samples, clock::now(py)?),
-            metrics: metrics.unbind(),
-            keyword_args,
+            backend: Backend::new(metrics.unbind(), keyword_args),
         })
     }
 
+    /// `None` only once the garbage collector cleared it (in a cycle being collected).
     #[getter]
-    fn metrics(&self, py: Python<'_>) -> Py<PyAny> {
-        self.metrics.clone_ref(py)
+    fn metrics<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.backend.get(py)
     }
 
     #[getter]
@@ -164,7 +167,7 @@ impl MetricsBufferPy {
 
     #[getter]
     fn keyword_args(&self) -> bool {
-        self.keyword_args
+        self.backend.keyword_args
     }
 
     #[getter]
@@ -217,7 +220,7 @@ impl MetricsBufferPy {
 
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
         match self.core.begin_flush() {
-            Begin::Emit(emit) => emit::emit_all(py, emit, self.metrics.bind(py), self.keyword_args),
+            Begin::Emit(emit) => emit::emit_all(py, emit, &self.backend),
             Begin::HandedOff | Begin::Reentrant => Ok(()),
         }
     }
@@ -274,6 +277,14 @@ impl MetricsBufferPy {
             latency,
             latency_tags,
         )
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.backend.traverse(&visit)
+    }
+
+    fn __clear__(&self) {
+        self.backend.clear();
     }
 
     fn __repr__(&self) -> String {

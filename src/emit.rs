@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
+use crate::backend::Backend;
 use crate::clock;
 use crate::core::{Emit, Key, Kind, Value};
 
@@ -31,14 +32,13 @@ pub(crate) fn value_object(py: Python<'_>, value: Value) -> PyResult<Bound<'_, P
 /// Sends the emit's window, then every window asked for by other threads meanwhile. A backend
 /// error gives back what was not sent, is logged once, and goes no further; anything that is not
 /// an `Exception` (KeyboardInterrupt, SystemExit) is re-raised once the data is safe.
-pub(crate) fn emit_all(
-    py: Python<'_>,
-    mut emit: Emit<'_>,
-    metrics: &Bound<'_, PyAny>,
-    keyword_args: bool,
-) -> PyResult<()> {
+/// A backend the garbage collector cleared is not called: the values go back.
+pub(crate) fn emit_all(py: Python<'_>, mut emit: Emit<'_>, backend: &Backend) -> PyResult<()> {
+    let Some(metrics) = backend.get(py) else {
+        return Ok(());
+    };
     loop {
-        let mut calls = Calls::new(metrics.clone(), keyword_args);
+        let mut calls = Calls::new(metrics.clone(), backend.keyword_args);
         let failure = emit.send(|e| calls.call(e.kind, e.key, e.value)).err();
         let pending = emit.unsent();
         let now = clock::now(py);

@@ -1,6 +1,7 @@
 //! `arroyo_metrics_buffer._native`: the module definition only.
 
 mod args;
+mod backend;
 mod buffer;
 mod callback;
 mod clock;

@@ -36,6 +36,9 @@ class MetricsBuffer:
     ``arroyo_metrics_buffer`` logger. A backend that calls back into the buffer while it is being
     flushed adds to the next window.
 
+    Reference cycles through the buffer (a backend holding it, its delivery callback or its bound
+    ``flush``) are collected by the garbage collector; both classes take weak references.
+
     In a child forked with ``fork()`` (``os.fork`` or native code), every buffer starts empty; the
     parent keeps its values.
     """
@@ -55,7 +58,8 @@ class MetricsBuffer:
 
     @property
     def metrics(self) -> Any:
-        """The backend flushes call."""
+        """The backend flushes call (``None`` only once the garbage collector cleared it, in a
+        reference cycle being collected)."""
 
     @property
     def frequency_sec(self) -> float: ...
