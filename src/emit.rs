@@ -1,14 +1,13 @@
 //! Emission: a window's values to the Python backend, the way arroyo's own code calls it.
 
-use pyo3::exceptions::PyException;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::backend::Backend;
-use crate::clock;
 use crate::core::{Emit, Key, Kind, Value};
+use crate::{clock, failure};
 
 /// A key's tags as a new dict, or None when it has none.
 pub(crate) fn tags_dict<'py>(py: Python<'py>, key: &Key) -> PyResult<Option<Bound<'py, PyDict>>> {
@@ -30,8 +29,7 @@ pub(crate) fn value_object(py: Python<'_>, value: Value) -> PyResult<Bound<'_, P
 }
 
 /// Sends the emit's window, then every window asked for by other threads meanwhile. A backend
-/// error gives back what was not sent, is logged once, and goes no further; anything that is not
-/// an `Exception` (KeyboardInterrupt, SystemExit) is re-raised once the data is safe.
+/// error gives back what was not sent, and is then handled by [`failure::handle`].
 /// A backend the garbage collector cleared is not called: the values go back.
 pub(crate) fn emit_all(py: Python<'_>, mut emit: Emit<'_>, backend: &Backend) -> PyResult<()> {
     let Some(metrics) = backend.get(py) else {
@@ -44,10 +42,7 @@ pub(crate) fn emit_all(py: Python<'_>, mut emit: Emit<'_>, backend: &Backend) ->
         let now = clock::now(py);
         let next = emit.end(now.as_ref().ok().copied());
         if let Some(err) = failure {
-            log_failure(py, &err, pending);
-            if !err.is_instance_of::<PyException>(py) {
-                return Err(err);
-            }
+            failure::handle(py, err, pending)?;
         }
         // A clock error: the next window, if any, goes back (dropping its emit).
         now?;
@@ -143,24 +138,4 @@ impl<'py> Calls<'py> {
         }
         Ok(())
     }
-}
-
-fn log_failure(py: Python<'_>, err: &PyErr, pending: usize) {
-    let traceback = py
-        .import("traceback")
-        .and_then(|tb| tb.call_method1("format_exception", (err.value(py),)))
-        .and_then(|lines| lines.cast_into::<PyList>().map_err(PyErr::from))
-        .map(|lines| {
-            lines
-                .iter()
-                .map(|l| l.to_string())
-                .collect::<Vec<_>>()
-                .concat()
-        })
-        .unwrap_or_else(|_| format!("{err}\n"));
-    log::warn!(
-        target: "arroyo_metrics_buffer",
-        "metrics backend raised during a flush; {pending} metric call(s) kept for the next flush\n{}",
-        traceback.trim_end()
-    );
 }

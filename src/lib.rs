@@ -8,6 +8,7 @@ mod clock;
 pub mod core;
 mod emit;
 mod errors;
+mod failure;
 
 use std::sync::OnceLock;
 
