@@ -3,6 +3,8 @@
 //! Nothing here calls Python while the core's lock is held: the core takes and gives back whole
 //! windows, and the backend, `time.time` and logging are called between those steps.
 
+use std::sync::Arc;
+
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
@@ -10,9 +12,10 @@ use pyo3::PyTraverseError;
 
 use crate::backend::Backend;
 use crate::callback::DeliveryCallbackPy;
-use crate::core::{Add, Begin, Buffer, Kind, Value};
-use crate::emit::{self, tags_dict, value_object};
+use crate::core::{Add, Buffer, Kind, Value};
+use crate::emit::{tags_dict, value_object};
 use crate::errors::Error;
+use crate::shared::Shared;
 use crate::{args, clock};
 
 /// Big enough for any one-second window of a busy producer; about 16 MiB at the cap.
@@ -51,8 +54,7 @@ const RECORD_TIMING: Incr = Incr {
     weakref
 )]
 pub struct MetricsBufferPy {
-    pub(crate) core: Buffer,
-    backend: Backend,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl MetricsBufferPy {
@@ -81,20 +83,7 @@ impl MetricsBufferPy {
             amount,
             hash: None,
         };
-        self.record_at(py, &[add], clock::now(py)?)
-    }
-
-    /// Applies `adds` with the throttle at clock reading `now`, and emits if this call won the flush.
-    pub(crate) fn record_at<S: AsRef<str>>(
-        &self,
-        py: Python<'_>,
-        adds: &[Add<'_, S>],
-        now: f64,
-    ) -> PyResult<()> {
-        match self.core.record(adds, Some(now)).map_err(Error::from)? {
-            Some(emit) => emit::emit_all(py, emit, &self.backend),
-            None => Ok(()),
-        }
+        self.shared.record_at(py, &[add], clock::now(py)?)
     }
 }
 
@@ -143,46 +132,47 @@ impl MetricsBufferPy {
                 })?
                 .call_method0("get_metrics")?,
         };
+        let core = Buffer::new(frequency, max_samples, clock::now(py)?);
+        let backend = Backend::new(metrics.unbind(), keyword_args);
         Ok(MetricsBufferPy {
-            core: Buffer::new(frequency, max_samples, clock::now(py)?),
-            backend: Backend::new(metrics.unbind(), keyword_args),
+            shared: Shared::new(core, backend),
         })
     }
 
     /// `None` only once the garbage collector cleared it (in a cycle being collected).
     #[getter]
     fn metrics<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.backend.get(py)
+        self.shared.backend.get(py)
     }
 
     #[getter]
     fn frequency_sec(&self) -> f64 {
-        self.core.frequency()
+        self.shared.core.frequency()
     }
 
     #[getter]
     fn max_samples(&self) -> usize {
-        self.core.max_samples()
+        self.shared.core.max_samples()
     }
 
     #[getter]
     fn keyword_args(&self) -> bool {
-        self.backend.keyword_args
+        self.shared.backend.keyword_args
     }
 
     #[getter]
     fn flushes(&self) -> u64 {
-        self.core.stats().flushes
+        self.shared.core.stats().flushes
     }
 
     #[getter]
     fn flush_errors(&self) -> u64 {
-        self.core.stats().flush_errors
+        self.shared.core.stats().flush_errors
     }
 
     #[getter]
     fn dropped_samples(&self) -> u64 {
-        self.core.stats().dropped_samples
+        self.shared.core.stats().dropped_samples
     }
 
     #[pyo3(signature = (metric, delta, tags=None))]
@@ -219,15 +209,12 @@ impl MetricsBufferPy {
     }
 
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
-        match self.core.begin_flush() {
-            Begin::Emit(emit) => emit::emit_all(py, emit, &self.backend),
-            Begin::HandedOff | Begin::Reentrant => Ok(()),
-        }
+        self.shared.flush(py)
     }
 
     /// (kind, name, tags or None, value, number of values) per pending key, in emission order.
     fn pending<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
-        let mut snapshot = self.core.snapshot();
+        let mut snapshot = self.shared.core.snapshot();
         let rank = |k: Kind| match k {
             Kind::Timer => 0,
             Kind::Counter => 1,
@@ -280,19 +267,19 @@ impl MetricsBufferPy {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.backend.traverse(&visit)
+        self.shared.backend.traverse(&visit)
     }
 
     fn __clear__(&self) {
-        self.backend.clear();
+        self.shared.backend.clear();
     }
 
     fn __repr__(&self) -> String {
-        let stats = self.core.stats();
+        let stats = self.shared.core.stats();
         format!(
             "<MetricsBuffer pending={} frequency_sec={} flushes={} flush_errors={}>",
-            self.core.snapshot().len(),
-            self.core.frequency(),
+            self.shared.core.snapshot().len(),
+            self.shared.core.frequency(),
             stats.flushes,
             stats.flush_errors,
         )

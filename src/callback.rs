@@ -56,7 +56,7 @@ impl DeliveryCallbackPy {
         let counter: Box<str> = args::name(F, "counter", counter)?.into();
         let success_tags = own_tags(&args::tags(F, "success_tags", success_tags)?);
         let error_tags = own_tags(&args::tags(F, "error_tags", error_tags)?);
-        let core = &buffer.get().core;
+        let core = &buffer.get().shared.core;
         Ok(DeliveryCallbackPy {
             buffer: buffer.clone().unbind(),
             hashes: [
@@ -99,7 +99,7 @@ impl DeliveryCallbackPy {
         } else {
             (&self.error_tags, self.hashes[1])
         };
-        let buffer = self.buffer.get();
+        let buffer = &self.buffer.get().shared;
         let counter = Add {
             kind: Kind::Counter,
             name: &self.counter,

@@ -7,7 +7,7 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::backend::Backend;
 use crate::core::{Emit, Key, Kind, Value};
-use crate::{clock, failure};
+use crate::{clock, exit, failure};
 
 /// A key's tags as a new dict, or None when it has none.
 pub(crate) fn tags_dict<'py>(py: Python<'py>, key: &Key) -> PyResult<Option<Bound<'py, PyDict>>> {
@@ -44,11 +44,12 @@ pub(crate) fn emit_all(py: Python<'_>, mut emit: Emit<'_>, backend: &Backend) ->
         if let Some(err) = failure {
             failure::handle(py, err, pending)?;
         }
-        // A clock error: the next window, if any, goes back (dropping its emit).
+        // A clock error: the next window, if any, goes back (dropping its emit); so does one
+        // handed over while the interpreter exits.
         now?;
         match next {
-            Some(next) => emit = next,
-            None => return Ok(()),
+            Some(next) if !exit::stopping() => emit = next,
+            _ => return Ok(()),
         }
     }
 }

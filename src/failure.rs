@@ -5,12 +5,19 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
+use crate::exit;
+
 /// Called once the data is safe (what was not sent is given back). Logs the backend's error, then
 /// returns the error to raise, if any: the backend's if it is not an `Exception`
 /// (KeyboardInterrupt, SystemExit), else one logging raised that is not an `Exception`. An
 /// `Exception` raised by logging is dropped: it cannot be logged, and must not escape.
+/// While the interpreter exits, another thread than the exiting one does not log (see
+/// [`exit::stopping`]).
 pub(crate) fn handle(py: Python<'_>, err: PyErr, pending: usize) -> PyResult<()> {
-    let logged = log(py, &err, pending);
+    let logged = match exit::stopping() {
+        true => Ok(()),
+        false => log(py, &err, pending),
+    };
     if !err.is_instance_of::<PyException>(py) {
         return Err(err);
     }

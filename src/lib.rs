@@ -8,7 +8,9 @@ mod clock;
 pub mod core;
 mod emit;
 mod errors;
+mod exit;
 mod failure;
+mod shared;
 
 use std::sync::OnceLock;
 
@@ -43,6 +45,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     core::prepare();
     core::register_at_fork()
         .map_err(|e| PyImportError::new_err(format!("pthread_atfork failed: {e}")))?;
+    exit::init(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<buffer::MetricsBufferPy>()?;
     m.add_class::<callback::DeliveryCallbackPy>()?;

@@ -39,6 +39,12 @@ class MetricsBuffer:
     Reference cycles through the buffer (a backend holding it, its delivery callback or its bound
     ``flush``) are collected by the garbage collector; both classes take weak references.
 
+    At interpreter exit (an ``atexit`` hook registered when this module is imported), threads
+    other than the exiting one start no more flushes (their values stay pending); flushes already
+    running get up to 2 s to finish; then every live buffer is flushed once from the exiting
+    thread, so values recorded and never flushed are emitted; after that nothing is emitted any
+    more (values daemon threads record later stay in memory).
+
     In a child forked with ``fork()`` (``os.fork`` or native code), every buffer starts empty; the
     parent keeps its values.
     """

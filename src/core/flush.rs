@@ -256,6 +256,31 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_permit_leaves_the_flush_for_later() {
+        let _serial = serial();
+        let b = Buffer::new(1.0, 100, 0.0);
+        let refused = b.record_gated(&[counter("c", 1)], Some(5.0), || None::<()>);
+        assert!(refused.unwrap().is_none());
+        assert_eq!(b.snapshot().len(), 1, "the value went in");
+        let mut asked = false;
+        let won = b.record_gated(&[counter("c", 1)], Some(1.0), || {
+            asked = true;
+            Some(())
+        });
+        assert!(won.unwrap().is_none());
+        assert!(!asked, "not asked when the flush is not due");
+        let (mut emit, ()) = b
+            .record_gated(&[counter("c", 1)], Some(5.0), || Some(()))
+            .unwrap()
+            .expect("due all along: the refusal did not count as a flush");
+        assert_eq!(
+            send_all(&mut emit),
+            vec![(Kind::Counter, "c".into(), Value::Int(3))]
+        );
+        assert!(emit.end(Some(5.0)).is_none());
+    }
+
+    #[test]
     fn a_flush_asked_for_during_an_emit_is_handed_to_the_emitter() {
         let _serial = serial();
         let b = Buffer::new(1.0, 100, 0.0);

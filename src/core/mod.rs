@@ -10,7 +10,7 @@ mod key;
 mod window;
 
 pub use flush::{Begin, Emit};
-pub use fork::{after_fork_in_child, register_at_fork};
+pub use fork::{after_fork_in_child, register_at_fork, ForkLocal};
 pub use key::{own_tags, Key, Kind, Tags, Value};
 pub use window::{Add, Emission, Entry, Window};
 
@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use flush::State;
-use fork::ForkLocal;
 use key::KeyHasher;
 
 /// A change that was refused; the buffer is unchanged.
@@ -136,19 +135,32 @@ impl Buffer {
         adds: &[Add<'_, S>],
         now: Option<f64>,
     ) -> Result<Option<Emit<'_>>, CoreError> {
+        let won = self.record_gated(adds, now, || Some(()))?;
+        Ok(won.map(|(emit, ())| emit))
+    }
+
+    /// [`Buffer::record`], where winning the flush also takes a pass from `permit`. It is asked
+    /// under the lock, only when the flush is due, so it must be quick and call no Python; when it
+    /// refuses, the values stay for a later flush.
+    pub fn record_gated<S: AsRef<str>, P>(
+        &self,
+        adds: &[Add<'_, S>],
+        now: Option<f64>,
+        permit: impl FnOnce() -> Option<P>,
+    ) -> Result<Option<(Emit<'_>, P)>, CoreError> {
         let shared = self.shared();
         let mut state = shared.lock();
         let dropped = state.window.apply(adds, self.max_samples)?;
-        let due = match now {
-            Some(now) if state.throttle_due(now, self.frequency) => {
+        let won = match now {
+            Some(now) if state.throttle_due(now, self.frequency) => permit().map(|pass| {
                 shared.set_last_flush(&mut state, now);
-                Some(Emit::new(self, state.become_emitter()))
-            }
+                (Emit::new(self, state.become_emitter()), pass)
+            }),
             _ => None,
         };
         drop(state);
         self.count_dropped(dropped);
-        Ok(due)
+        Ok(won)
     }
 
     fn count_dropped(&self, dropped: u64) {
