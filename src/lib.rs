@@ -1,13 +1,21 @@
 //! `arroyo_metrics_buffer._native`: the module definition only.
 
-pub mod buffer;
+mod args;
+mod backend;
+mod buffer;
+mod callback;
+mod clock;
 pub mod core;
+mod emit;
 mod errors;
+mod exit;
+mod failure;
+mod shared;
 
 use std::sync::OnceLock;
 
+use pyo3::exceptions::PyImportError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 
 static LOG_RESET: OnceLock<pyo3_log::ResetHandle> = OnceLock::new();
 
@@ -17,12 +25,6 @@ fn reset_logging() {
     if let Some(handle) = LOG_RESET.get() {
         handle.reset();
     }
-}
-
-/// Registered with `os.register_at_fork(after_in_child=...)`.
-#[pyfunction]
-fn _after_fork_in_child() {
-    core::after_fork_in_child();
 }
 
 #[pymodule(gil_used = false)]
@@ -35,17 +37,18 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     if let Ok(handle) = logger.install() {
         let _ = LOG_RESET.set(handle);
     }
-    buffer::init_clock(py)?;
+    // Everything lazy is made here, at import: a lazy initialisation in progress in another
+    // thread when the process forks would never finish in the child.
+    clock::init(py)?;
+    args::init(py)?;
+    emit::init(py)?;
+    core::prepare();
+    core::register_at_fork()
+        .map_err(|e| PyImportError::new_err(format!("pthread_atfork failed: {e}")))?;
+    exit::init(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<buffer::MetricsBufferPy>()?;
-    m.add_class::<buffer::DeliveryCallbackPy>()?;
+    m.add_class::<callback::DeliveryCallbackPy>()?;
     m.add_function(wrap_pyfunction!(reset_logging, m)?)?;
-    let after_fork = wrap_pyfunction!(_after_fork_in_child, m)?;
-    let kwargs = PyDict::new(py);
-    kwargs.set_item("after_in_child", &after_fork)?;
-    py.import("os")?
-        .getattr("register_at_fork")?
-        .call((), Some(&kwargs))?;
-    m.add_function(after_fork)?;
     Ok(())
 }

@@ -8,7 +8,6 @@ __all__ = [
     "DeliveryCallback",
     "MetricsBuffer",
     "__version__",
-    "_after_fork_in_child",
     "reset_logging",
 ]
 
@@ -36,6 +35,18 @@ class MetricsBuffer:
     next flush, nothing sent is sent again, and one warning with the traceback is logged to the
     ``arroyo_metrics_buffer`` logger. A backend that calls back into the buffer while it is being
     flushed adds to the next window.
+
+    Reference cycles through the buffer (a backend holding it, its delivery callback or its bound
+    ``flush``) are collected by the garbage collector; both classes take weak references.
+
+    At interpreter exit (an ``atexit`` hook registered when this module is imported), threads
+    other than the exiting one start no more flushes (their values stay pending); flushes already
+    running get up to 2 s to finish; then every live buffer is flushed once from the exiting
+    thread, so values recorded and never flushed are emitted; after that nothing is emitted any
+    more (values daemon threads record later stay in memory).
+
+    In a child forked with ``fork()`` (``os.fork`` or native code), every buffer starts empty; the
+    parent keeps its values.
     """
 
     def __new__(
@@ -53,7 +64,8 @@ class MetricsBuffer:
 
     @property
     def metrics(self) -> Any:
-        """The backend flushes call."""
+        """The backend flushes call (``None`` only once the garbage collector cleared it, in a
+        reference cycle being collected)."""
 
     @property
     def frequency_sec(self) -> float: ...
@@ -113,9 +125,6 @@ class DeliveryCallback:
     def __call__(
         self, error: object | None, _message: object, time_of_produce: float | None = None
     ) -> None: ...
-
-def _after_fork_in_child() -> None:
-    """Registered with ``os.register_at_fork``: buffers start empty in a forked child."""
 
 def reset_logging() -> None:
     """Forget cached Python loggers (after the application replaced its logger objects)."""

@@ -1,0 +1,140 @@
+//! The `DeliveryCallback` pyclass: confluent-kafka delivery reports into a buffer.
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::PyTraverseError;
+
+use crate::buffer::MetricsBufferPy;
+use crate::core::{own_tags, Add, Key, Kind, Tags, Value};
+use crate::{args, clock};
+
+/// On each call it counts `counter` under `success_tags` or `error_tags` (by whether `error` is
+/// None) and, when `latency` is given, records one `latency` sample of `time.time() -
+/// time_of_produce` under `latency_tags`; both atomically, then the throttled flush, so a flush it
+/// triggers has both of its values.
+///
+/// It takes part in garbage collection (`__traverse__`) but has no `__clear__`: its one reference,
+/// to its buffer, never changes, and every cycle through it goes on through the buffer's
+/// reference to its backend, which the buffer's `__clear__` drops (the rule pyo3's guide gives).
+/// So the hot path reads the buffer without a lock.
+#[pyclass(
+    name = "DeliveryCallback",
+    module = "arroyo_metrics_buffer._native",
+    frozen,
+    weakref
+)]
+pub struct DeliveryCallbackPy {
+    buffer: Py<MetricsBufferPy>,
+    counter: Box<str>,
+    success_tags: Tags,
+    error_tags: Tags,
+    latency: Option<Key>,
+    /// Prehashed keys: success counter, error counter, latency sample.
+    hashes: [u64; 3],
+}
+
+impl DeliveryCallbackPy {
+    /// `MetricsBuffer.delivery_callback`.
+    pub(crate) fn new(
+        buffer: &Bound<'_, MetricsBufferPy>,
+        counter: &Bound<'_, PyAny>,
+        [success_tags, error_tags]: [Option<&Bound<'_, PyAny>>; 2],
+        latency: Option<&Bound<'_, PyAny>>,
+        latency_tags: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        const F: &str = "delivery_callback";
+        let latency = match latency.filter(|l| !l.is_none()) {
+            Some(l) => Some(Key::new(
+                args::name(F, "latency", l)?,
+                &args::tags(F, "latency_tags", latency_tags)?,
+            )),
+            None => None,
+        };
+        let counter: Box<str> = args::name(F, "counter", counter)?.into();
+        let success_tags = own_tags(&args::tags(F, "success_tags", success_tags)?);
+        let error_tags = own_tags(&args::tags(F, "error_tags", error_tags)?);
+        let core = &buffer.get().shared.core;
+        Ok(DeliveryCallbackPy {
+            buffer: buffer.clone().unbind(),
+            hashes: [
+                core.prehash(Kind::Counter, &counter, &success_tags),
+                core.prehash(Kind::Counter, &counter, &error_tags),
+                latency
+                    .as_ref()
+                    .map_or(0, |l| core.prehash(Kind::Sample, &l.name, &l.tags)),
+            ],
+            counter,
+            success_tags,
+            error_tags,
+            latency,
+        })
+    }
+}
+
+#[pymethods]
+impl DeliveryCallbackPy {
+    #[getter]
+    fn buffer(&self, py: Python<'_>) -> Py<MetricsBufferPy> {
+        self.buffer.clone_ref(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.buffer)
+    }
+
+    /// Same as calling it; a bound method is a faster callable (vectorcall) than the object.
+    #[pyo3(signature = (error, _message, time_of_produce=None))]
+    fn report(
+        &self,
+        py: Python<'_>,
+        error: &Bound<'_, PyAny>,
+        _message: &Bound<'_, PyAny>,
+        time_of_produce: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (tags, hash) = if error.is_none() {
+            (&self.success_tags, self.hashes[0])
+        } else {
+            (&self.error_tags, self.hashes[1])
+        };
+        let buffer = &self.buffer.get().shared;
+        let counter = Add {
+            kind: Kind::Counter,
+            name: &self.counter,
+            tags,
+            amount: Value::Int(1),
+            hash: Some(hash),
+        };
+        let Some(latency) = &self.latency else {
+            return buffer.record_at(py, &[counter], clock::now(py)?);
+        };
+        let Some(produced) = time_of_produce else {
+            return Err(PyTypeError::new_err(
+                "delivery callback missing required argument 'time_of_produce'",
+            ));
+        };
+        let produced = args::real("DeliveryCallback", "time_of_produce", produced)?;
+        let now = clock::now(py)?;
+        let sample = Add {
+            kind: Kind::Sample,
+            name: &latency.name,
+            tags: &latency.tags,
+            amount: Value::Float(now - produced),
+            hash: Some(self.hashes[2]),
+        };
+        buffer.record_at(py, &[counter, sample], now)
+    }
+
+    /// The same as `report` (which is the faster callable to hand out).
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__(
+        slf: &Bound<'_, Self>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        slf.call_method(intern!(slf.py(), "report"), args, kwargs)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,175 @@
+//! A value of which a forked child gets a fresh copy: the one place with the core's `unsafe`.
+//!
+//! `fork()` copies only the calling thread. A lock that another thread of the parent held at that
+//! moment stays held for good in the child, so a child must never touch the parent's locks. A
+//! [`ForkLocal`] belongs to one fork generation of the process; the first use in a later generation
+//! replaces it (the parent's copy is leaked, never touched again).
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+/// Bumped in a forked child, before any other thread exists there (see [`after_fork_in_child`]).
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// To call in the child right after `fork()`, before any other thread starts: every
+/// [`ForkLocal`] is renewed on its next use. Only bumps an atomic (async-signal-safe).
+pub fn after_fork_in_child() {
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Registers [`after_fork_in_child`] with `pthread_atfork`, once per process, so that it runs in
+/// the child of every `fork()`: Python's `os.fork`, or any native code's. Nothing callable from
+/// Python can run it.
+#[cfg(unix)]
+pub fn register_at_fork() -> std::io::Result<()> {
+    extern "C" fn child() {
+        after_fork_in_child();
+    }
+    static REGISTERED: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    // SAFETY: registering a handler has no precondition; the handler only bumps an atomic, which
+    // is async-signal-safe, as a child handler in a multithreaded process must be.
+    let rc = *REGISTERED.get_or_init(|| unsafe { libc::pthread_atfork(None, None, Some(child)) });
+    match rc {
+        0 => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// No `fork()` here.
+#[cfg(not(unix))]
+pub fn register_at_fork() -> std::io::Result<()> {
+    Ok(())
+}
+
+struct Slot<T> {
+    generation: u64,
+    value: T,
+}
+
+/// A `T` per fork generation.
+pub struct ForkLocal<T> {
+    current: AtomicPtr<Slot<T>>,
+    /// Owns a `T`: `Send`/`Sync` exactly when `T` is.
+    _owns: PhantomData<T>,
+}
+
+impl<T> ForkLocal<T> {
+    pub fn new(value: T) -> Self {
+        ForkLocal {
+            current: AtomicPtr::new(Self::slot(value)),
+            _owns: PhantomData,
+        }
+    }
+
+    fn slot(value: T) -> *mut Slot<T> {
+        let generation = GENERATION.load(Ordering::Acquire);
+        Box::into_raw(Box::new(Slot { generation, value }))
+    }
+
+    /// The value of this generation. In a forked child the first call makes it with `renew` from
+    /// the parent's value, which may be mid-change by a thread that does not exist here: `renew`
+    /// must read only what is safe to read then (atomics), never take a lock.
+    #[inline]
+    pub fn get(&self, renew: impl Fn(&T) -> T) -> &T {
+        let generation = GENERATION.load(Ordering::Acquire);
+        loop {
+            let current = self.current.load(Ordering::Acquire);
+            // SAFETY: a slot is freed only by `Drop`, which has `&mut self`; one replaced after a
+            // fork is leaked, never freed, so `current` stays valid for as long as `&self`.
+            let slot = unsafe { &*current };
+            if slot.generation == generation {
+                return &slot.value;
+            }
+            let replacement = Self::slot(renew(&slot.value));
+            if self
+                .current
+                .compare_exchange(current, replacement, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                // Another thread of the child replaced it first; use theirs.
+                // SAFETY: `replacement` came from `Box::into_raw` above and was never shared.
+                drop(unsafe { Box::from_raw(replacement) });
+            }
+        }
+    }
+}
+
+impl<T> Drop for ForkLocal<T> {
+    fn drop(&mut self) {
+        // SAFETY: the current slot came from `Box::into_raw`, and with `&mut self` nobody else can
+        // reach it any more.
+        drop(unsafe { Box::from_raw(*self.current.get_mut()) });
+    }
+}
+
+/// Tests that bump the process-wide generation run alone; every test whose values must survive
+/// holds [`testing::serial`].
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+    static FORK: RwLock<()> = RwLock::new(());
+
+    pub fn serial() -> RwLockReadGuard<'static, ()> {
+        FORK.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn exclusive() -> RwLockWriteGuard<'static, ()> {
+        FORK.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn a_child_renews_the_value_once_even_if_its_lock_was_held() {
+        let _alone = testing::exclusive();
+        let local = ForkLocal::new(Mutex::new(vec![1]));
+        let held = local.get(|_| unreachable!()).lock().unwrap();
+        let renewals = std::sync::atomic::AtomicU64::new(0);
+        let renew = |_: &Mutex<Vec<i32>>| {
+            renewals.fetch_add(1, Ordering::Relaxed);
+            Mutex::new(vec![2])
+        };
+        // What fork() leaves in the child: the lock held by a thread that does not exist there.
+        after_fork_in_child();
+        assert_eq!(*local.get(renew).try_lock().unwrap(), vec![2]);
+        local.get(renew).try_lock().unwrap().push(3);
+        assert_eq!(*local.get(renew).try_lock().unwrap(), vec![2, 3]);
+        assert_eq!(renewals.load(Ordering::Relaxed), 1);
+        drop(held);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_real_fork_renews_the_value_in_the_child_whatever_the_parent_held() {
+        let _alone = testing::exclusive();
+        register_at_fork().unwrap();
+        let local = ForkLocal::new(Mutex::new(1));
+        let renew = |_: &Mutex<i32>| Mutex::new(2);
+        let held = local.get(renew).lock().unwrap();
+        // SAFETY: the child only reads atomics, takes a fresh lock and exits at once.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let renewed = local
+                .get(renew)
+                .try_lock()
+                .map(|v| *v == 2)
+                .unwrap_or(false);
+            // SAFETY: leaving the child without running the test harness's atexit code.
+            unsafe { libc::_exit(if renewed { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "status {status}"
+        );
+        assert_eq!(*held, 1, "the parent's value is untouched");
+    }
+}

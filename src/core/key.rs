@@ -1,0 +1,119 @@
+//! What a value is recorded under: a kind, a metric name and its tags; and how keys are hashed.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+
+/// How values under one key combine within a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// f64 values summed per key, emitted once per window as a timing.
+    Timer,
+    /// i64 values summed per key, emitted once per window as an increment.
+    Counter,
+    /// f64 values kept one by one and emitted one by one as timings.
+    Sample,
+}
+
+/// An amount added to a key, or the sum held for it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    Int(i64),
+    Float(f64),
+}
+
+impl Value {
+    /// The zero of the same type.
+    pub fn zero(self) -> Value {
+        match self {
+            Value::Int(_) => Value::Int(0),
+            Value::Float(_) => Value::Float(0.0),
+        }
+    }
+}
+
+/// A tag list, in the order the caller gave it.
+pub type Tags = Box<[(Box<str>, Box<str>)]>;
+
+/// A metric name and its tags. Two keys are the same when their names are equal and their tags are
+/// equal as mappings (order does not matter); the tags are emitted in their first-seen order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Key {
+    pub name: Box<str>,
+    pub tags: Tags,
+}
+
+/// An owned copy of borrowed tags, in the same order.
+pub fn own_tags<S: AsRef<str>>(tags: &[(S, S)]) -> Tags {
+    tags.iter()
+        .map(|(k, v)| (k.as_ref().into(), v.as_ref().into()))
+        .collect()
+}
+
+impl Key {
+    pub fn new<S: AsRef<str>>(name: &str, tags: &[(S, S)]) -> Self {
+        Key {
+            name: name.into(),
+            tags: own_tags(tags),
+        }
+    }
+
+    /// Whether this is the key of `name` and `tags` (tags in any order).
+    pub(super) fn matches<S: AsRef<str>>(&self, name: &str, tags: &[(S, S)]) -> bool {
+        *self.name == *name && same_tags(&self.tags, tags)
+    }
+}
+
+/// Whether two tag lists are the same mapping (each has distinct tag names, as a mapping's do).
+pub(super) fn same_tags<A: AsRef<str>, B: AsRef<str>>(a: &[(A, A)], b: &[(B, B)]) -> bool {
+    let same = |(ak, av): &(A, A), (bk, bv): &(B, B)| {
+        ak.as_ref() == bk.as_ref() && av.as_ref() == bv.as_ref()
+    };
+    let same_order = || a.iter().zip(b).all(|(x, y)| same(x, y));
+    a.len() == b.len() && (same_order() || b.iter().all(|y| a.iter().any(|x| same(x, y))))
+}
+
+/// Seeded foldhash for keys. The seed is random per buffer, and shared by all its windows so that a
+/// key can be hashed once in advance ([`crate::core::Buffer::prehash`]).
+#[derive(Clone, Debug, Default)]
+pub struct KeyHasher(foldhash::fast::RandomState);
+
+impl KeyHasher {
+    /// Order-insensitive in the tags, so that equal mappings find the same entry.
+    pub fn hash<S: AsRef<str>>(&self, kind: Kind, name: &str, tags: &[(S, S)]) -> u64 {
+        let mut tag_sum = 0u64;
+        for (k, v) in tags {
+            let mut t = self.0.build_hasher();
+            k.as_ref().hash(&mut t);
+            v.as_ref().hash(&mut t);
+            tag_sum = tag_sum.wrapping_add(t.finish());
+        }
+        let mut h = self.0.build_hasher();
+        h.write_u64(kind as u64 | (tags.len() as u64) << 8);
+        h.write(name.as_bytes());
+        h.write_u64(tag_sum);
+        h.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_match_and_hash_alike_in_any_order() {
+        let hasher = KeyHasher::default();
+        let key = Key::new("m", &[("a", "1"), ("b", "2")]);
+        let swapped = [("b", "2"), ("a", "1")];
+        assert!(key.matches("m", &swapped));
+        assert_eq!(
+            hasher.hash(Kind::Counter, "m", &swapped),
+            hasher.hash(Kind::Counter, "m", &key.tags)
+        );
+        assert!(!key.matches("m", &[("a", "1"), ("b", "1")]));
+        assert!(!key.matches("m", &[("a", "1")]));
+        assert!(!key.matches("n", &swapped));
+        assert_ne!(
+            hasher.hash(Kind::Timer, "m", &swapped),
+            hasher.hash(Kind::Counter, "m", &swapped)
+        );
+    }
+}

@@ -1,0 +1,405 @@
+//! The pure-Rust metrics buffer: no Python types in here, so `cargo test` exercises it directly.
+//!
+//! Values accumulate in a [`Window`]. A flush swaps the whole window out under the lock in O(1) and
+//! emits it after the lock is released; [`flush`] has the protocol that makes one thread at a
+//! time the emitter. [`fork`] keeps a forked child off the parent's lock.
+
+mod flush;
+mod fork;
+mod key;
+mod window;
+
+pub use flush::{Begin, Emit};
+pub use fork::{after_fork_in_child, register_at_fork, ForkLocal};
+pub use key::{own_tags, Key, Kind, Tags, Value};
+pub use window::{Add, Emission, Entry, Window};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use flush::State;
+use key::KeyHasher;
+
+/// A change that was refused; the buffer is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoreError {
+    /// A counter's running sum would leave the i64 range.
+    CounterOverflow { name: String, sum: i64, delta: i64 },
+}
+
+impl std::fmt::Display for CoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CoreError::CounterOverflow { name, sum, delta } => write!(
+                f,
+                "counter {name:?} would overflow a 64-bit signed integer: {sum} + {delta}"
+            ),
+        }
+    }
+}
+
+/// Makes process-wide lazy state ready (foldhash's global seed), so that no thread is ever
+/// making it when the process forks.
+pub fn prepare() {
+    let _ = KeyHasher::default();
+}
+
+/// Counters for people debugging a consumer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub flushes: u64,
+    pub flush_errors: u64,
+    pub dropped_samples: u64,
+}
+
+/// The lock and what it guards, for one fork generation of the process.
+struct Shared {
+    state: Mutex<State>,
+    /// A copy of `state.last_flush`, written under the lock, readable without it after a fork.
+    last_flush: AtomicU64,
+}
+
+impl Shared {
+    fn new(last_flush: f64, hasher: &KeyHasher) -> Self {
+        Shared {
+            state: Mutex::new(State::new(Window::new(hasher.clone()), last_flush)),
+            last_flush: AtomicU64::new(last_flush.to_bits()),
+        }
+    }
+
+    /// The state; a panic that happened under the lock (a bug) does not make it unusable.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_last_flush(&self, state: &mut State, now: f64) {
+        state.last_flush = now;
+        self.last_flush.store(now.to_bits(), Ordering::Release);
+    }
+}
+
+/// The thread-safe buffer.
+pub struct Buffer {
+    /// In a forked child: an empty window, a fresh lock, and the parent's time of last flush.
+    shared: ForkLocal<Shared>,
+    /// One hash seed for every window of this buffer, so that keys can be hashed in advance.
+    hasher: KeyHasher,
+    frequency: f64,
+    max_samples: usize,
+    flushes: AtomicU64,
+    flush_errors: AtomicU64,
+    dropped_samples: AtomicU64,
+}
+
+impl Buffer {
+    /// `now` is the time of creation, which counts as the last flush for the throttle.
+    pub fn new(frequency: f64, max_samples: usize, now: f64) -> Self {
+        let hasher = KeyHasher::default();
+        Buffer {
+            shared: ForkLocal::new(Shared::new(now, &hasher)),
+            hasher,
+            frequency,
+            max_samples,
+            flushes: AtomicU64::new(0),
+            flush_errors: AtomicU64::new(0),
+            dropped_samples: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    fn shared(&self) -> &Shared {
+        self.shared.get(|parent| {
+            let last_flush = f64::from_bits(parent.last_flush.load(Ordering::Acquire));
+            Shared::new(last_flush, &self.hasher)
+        })
+    }
+
+    /// The hash of a key for [`Add::hash`].
+    pub fn prehash<S: AsRef<str>>(&self, kind: Kind, name: &str, tags: &[(S, S)]) -> u64 {
+        self.hasher.hash(kind, name, tags)
+    }
+
+    pub fn frequency(&self) -> f64 {
+        self.frequency
+    }
+
+    pub fn max_samples(&self) -> usize {
+        self.max_samples
+    }
+
+    /// Applies `adds` (all or none). When `now` is given and more than the frequency has passed
+    /// since the last flush and nobody is emitting, this caller wins the flush: the window, with
+    /// these values in it, is returned for it to emit.
+    pub fn record<S: AsRef<str>>(
+        &self,
+        adds: &[Add<'_, S>],
+        now: Option<f64>,
+    ) -> Result<Option<Emit<'_>>, CoreError> {
+        let won = self.record_gated(adds, now, || Some(()))?;
+        Ok(won.map(|(emit, ())| emit))
+    }
+
+    /// [`Buffer::record`], where winning the flush also takes a pass from `permit`. It is asked
+    /// under the lock, only when the flush is due, so it must be quick and call no Python; when it
+    /// refuses, the values stay for a later flush.
+    pub fn record_gated<S: AsRef<str>, P>(
+        &self,
+        adds: &[Add<'_, S>],
+        now: Option<f64>,
+        permit: impl FnOnce() -> Option<P>,
+    ) -> Result<Option<(Emit<'_>, P)>, CoreError> {
+        let shared = self.shared();
+        let mut state = shared.lock();
+        let dropped = state.window.apply(adds, self.max_samples)?;
+        let won = match now {
+            Some(now) if state.throttle_due(now, self.frequency) => permit().map(|pass| {
+                shared.set_last_flush(&mut state, now);
+                (Emit::new(self, state.become_emitter()), pass)
+            }),
+            _ => None,
+        };
+        drop(state);
+        self.count_dropped(dropped);
+        Ok(won)
+    }
+
+    fn count_dropped(&self, dropped: u64) {
+        if dropped > 0 {
+            self.dropped_samples.fetch_add(dropped, Ordering::Relaxed);
+        }
+    }
+
+    /// What is pending, without flushing: (kind, key, sum, number of values) per entry.
+    pub fn snapshot(&self) -> Vec<(Kind, Key, Value, u64)> {
+        let state = self.shared().lock();
+        state
+            .window
+            .entries()
+            .iter()
+            .map(|e| (e.kind, e.key.clone(), e.sum, e.count))
+            .collect()
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            flushes: self.flushes.load(Ordering::Relaxed),
+            flush_errors: self.flush_errors.load(Ordering::Relaxed),
+            dropped_samples: self.dropped_samples.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Shorthands for the core's tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub use super::fork::testing::{exclusive, serial};
+
+    pub const NO_TAGS: &[(&str, &str)] = &[];
+
+    pub fn add<'a>(
+        kind: Kind,
+        name: &'a str,
+        tags: &'a [(&'a str, &'a str)],
+        amount: Value,
+    ) -> Add<'a, &'a str> {
+        Add {
+            kind,
+            name,
+            tags,
+            amount,
+            hash: None,
+        }
+    }
+
+    pub fn counter(name: &str, delta: i64) -> Add<'_, &str> {
+        add(Kind::Counter, name, NO_TAGS, Value::Int(delta))
+    }
+
+    pub fn emitted(w: &Window) -> Vec<(Kind, String, Value)> {
+        w.emissions()
+            .map(|e| (e.kind, e.key.name.to_string(), e.value))
+            .collect()
+    }
+
+    /// Becomes the emitter of `b`.
+    pub fn take(b: &Buffer) -> Emit<'_> {
+        match b.begin_flush() {
+            Begin::Emit(emit) => emit,
+            _ => panic!("expected to become the emitter"),
+        }
+    }
+
+    /// Sends everything; returns what went out.
+    pub fn send_all(emit: &mut Emit<'_>) -> Vec<(Kind, String, Value)> {
+        let mut sent = Vec::new();
+        let result = emit.send(|e| {
+            sent.push((e.kind, e.key.name.to_string(), e.value));
+            Ok::<(), ()>(())
+        });
+        assert!(result.is_ok());
+        sent
+    }
+
+    /// Sends the first `n` emissions, then fails; returns how many are left.
+    pub fn fail_after(emit: &mut Emit<'_>, n: usize) -> usize {
+        let mut calls = 0;
+        assert!(emit
+            .send(|_| {
+                calls += 1;
+                if calls > n {
+                    Err(())
+                } else {
+                    Ok(())
+                }
+            })
+            .is_err());
+        emit.unsent()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    type Totals = Mutex<HashMap<(Kind, String), (f64, u64)>>;
+
+    /// Adds an emit's emissions to the totals, and those of any flush handed over meanwhile.
+    fn tally_all(emit: Emit<'_>, totals: &Totals) {
+        let mut next = Some(emit);
+        while let Some(mut emit) = next {
+            let mut t = totals.lock().unwrap();
+            let sent = emit.send(|e| {
+                let slot = t.entry((e.kind, e.key.name.to_string())).or_default();
+                slot.0 += match e.value {
+                    Value::Int(i) => i as f64,
+                    Value::Float(f) => f,
+                };
+                slot.1 += e.count;
+                Ok::<(), ()>(())
+            });
+            assert!(sent.is_ok());
+            drop(t);
+            next = emit.end(None);
+        }
+    }
+
+    #[test]
+    fn threads_adding_while_another_takes_lose_and_double_nothing() {
+        let _serial = serial();
+        const THREADS: usize = 8;
+        const PER_THREAD: i64 = 1_000_000;
+        const KEYS: [&str; 4] = ["a", "b", "c", "d"];
+        let buffer = Arc::new(Buffer::new(0.0, usize::MAX, 0.0));
+        let done = Arc::new(AtomicBool::new(false));
+        let totals = Arc::new(Totals::default());
+        let taker = {
+            let (buffer, done, totals) = (buffer.clone(), done.clone(), totals.clone());
+            std::thread::spawn(move || {
+                let mut takes = 0u64;
+                while !done.load(Ordering::Acquire) {
+                    if let Begin::Emit(w) = buffer.begin_flush() {
+                        tally_all(w, &totals);
+                        takes += 1;
+                    }
+                }
+                takes
+            })
+        };
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (buffer, totals) = (buffer.clone(), totals.clone());
+                std::thread::spawn(move || {
+                    for i in 0..PER_THREAD {
+                        let key = KEYS[(i as usize + t) % KEYS.len()];
+                        let adds = [
+                            counter(key, 1),
+                            add(Kind::Timer, key, NO_TAGS, Value::Float(0.5)),
+                            add(Kind::Sample, key, NO_TAGS, Value::Float(0.25)),
+                        ];
+                        // Every 1000th add also asks for a throttled flush (frequency 0).
+                        let now = (i % 1000 == 0).then_some(i as f64 + 1.0);
+                        if let Some(w) = buffer.record(&adds, now).unwrap() {
+                            tally_all(w, &totals);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        done.store(true, Ordering::Release);
+        assert!(taker.join().unwrap() > 0, "the taker never took a window");
+        tally_all(take(&buffer), &totals);
+        let totals = totals.lock().unwrap();
+        let per_key = (THREADS as i64 * PER_THREAD) / KEYS.len() as i64;
+        for key in KEYS {
+            let total = |kind: Kind| totals[&(kind, key.to_string())];
+            let c = total(Kind::Counter);
+            assert_eq!(
+                (c.0 as i64, c.1),
+                (per_key, per_key as u64),
+                "counter {key}"
+            );
+            let t = total(Kind::Timer);
+            assert_eq!(
+                (t.0, t.1),
+                (per_key as f64 * 0.5, per_key as u64),
+                "timer {key}"
+            );
+            let s = total(Kind::Sample);
+            assert_eq!(
+                (s.0, s.1),
+                (per_key as f64 * 0.25, per_key as u64),
+                "samples {key}"
+            );
+        }
+        assert_eq!(totals.len(), 3 * KEYS.len());
+    }
+
+    #[test]
+    fn a_refused_change_leaves_the_buffer_as_it_was() {
+        let _serial = serial();
+        let b = Buffer::new(1.0, 100, 0.0);
+        b.record(&[counter("c", i64::MAX - 1)], None).unwrap();
+        let before = b.snapshot();
+        let sample = add(Kind::Sample, "s", NO_TAGS, Value::Float(1.0));
+        assert!(b.record(&[sample, counter("c", 2)], Some(5.0)).is_err());
+        assert_eq!(b.snapshot(), before);
+        assert!(
+            b.record(&[counter("c", 1)], Some(1.5)).unwrap().is_some(),
+            "the refused call did not count as a flush"
+        );
+    }
+
+    #[test]
+    fn after_a_fork_a_buffer_starts_empty_even_if_its_lock_was_held() {
+        let _alone = exclusive();
+        let b = Buffer::new(1.0, 100, 7.0);
+        b.record(&[counter("parent", 1)], None).unwrap();
+        let held = b.shared().lock();
+        // What fork() leaves in the child: the lock held by a thread that does not exist there.
+        after_fork_in_child();
+        b.record(&[counter("child", 1)], None).unwrap();
+        let snap = b.snapshot();
+        assert_eq!(snap.len(), 1);
+        assert_eq!(snap[0].1.name.as_ref(), "child");
+        assert!(
+            b.record(&[counter("child", 1)], Some(7.5))
+                .unwrap()
+                .is_none(),
+            "last flush carried over"
+        );
+        assert!(b
+            .record(&[counter("child", 1)], Some(8.5))
+            .unwrap()
+            .is_some());
+        drop(held);
+    }
+}

@@ -1,0 +1,596 @@
+//! One flush window: values aggregated per key in first-appearance order, samples in arrival order.
+
+use hashbrown::HashTable;
+
+use super::key::{same_tags, Key, KeyHasher, Kind, Value};
+use super::CoreError;
+
+/// One change to make to a window: add `amount` under (`kind`, `name`, `tags`).
+pub struct Add<'a, S> {
+    pub kind: Kind,
+    pub name: &'a str,
+    pub tags: &'a [(S, S)],
+    pub amount: Value,
+    /// [`crate::core::Buffer::prehash`] of the key, for keys used over and over; `None` hashes it
+    /// here.
+    pub hash: Option<u64>,
+}
+
+/// An aggregate entry of a window: the sum and the number of values added under one key.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub kind: Kind,
+    pub key: Key,
+    pub sum: Value,
+    pub count: u64,
+    hash: u64,
+}
+
+/// One backend call that a window makes when it is emitted.
+#[derive(Debug, PartialEq)]
+pub struct Emission<'a> {
+    pub kind: Kind,
+    pub key: &'a Key,
+    pub value: Value,
+    /// How many values `value` sums (1 for a sample).
+    pub count: u64,
+}
+
+/// Aggregate entries in first-appearance order, plus samples in arrival order.
+#[derive(Default, Debug)]
+pub struct Window {
+    hasher: KeyHasher,
+    /// Indices into `entries`, by key hash.
+    table: HashTable<u32>,
+    entries: Vec<Entry>,
+    /// (entry index, value) per sample.
+    samples: Vec<(u32, f64)>,
+    /// Untagged names by the address of their bytes: callers pass the same (interned) string
+    /// objects over and over, so this skips hashing. Only a hint: a hit is checked byte by byte.
+    /// Measured on hashbrown + foldhash (release build, CPython 3.11, `incr_counter` of one
+    /// untagged name, 10 interleaved runs): 124.5 ns per call with hints, 140.1 ns without
+    /// (medians; best 120.3 vs 131.8 ns); callgrind: 1,741 vs 1,847 instructions per call.
+    /// (Boxed: a window is returned by value, and should stay small to move.)
+    hints: Box<[(usize, u32); HINTS]>,
+}
+
+const HINTS: usize = 16;
+
+impl Window {
+    pub(super) fn new(hasher: KeyHasher) -> Self {
+        Window {
+            hasher,
+            ..Window::default()
+        }
+    }
+
+    /// Everything in this window, leaving an empty one with the same hash seed.
+    pub(super) fn take(&mut self) -> Window {
+        let fresh = Window::new(self.hasher.clone());
+        std::mem::replace(self, fresh)
+    }
+
+    /// Aggregate entries in first-appearance order (a sample entry holds its samples' sum and count).
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn sample_count(&self) -> usize {
+        self.samples.len()
+    }
+
+    fn hint_slot(name: &str, kind: Kind) -> usize {
+        ((name.as_ptr() as usize >> 4) ^ kind as usize) % HINTS
+    }
+
+    /// The entry for an untagged name whose bytes were seen at this address, if it still matches.
+    fn hinted(&self, kind: Kind, name: &str) -> Option<u32> {
+        let (address, at) = self.hints[Self::hint_slot(name, kind)];
+        let e = self.entries.get(at as usize)?;
+        (address == name.as_ptr() as usize
+            && e.kind == kind
+            && e.key.tags.is_empty()
+            && *e.key.name == *name)
+            .then_some(at)
+    }
+
+    fn remember(&mut self, kind: Kind, name: &str, at: u32) {
+        self.hints[Self::hint_slot(name, kind)] = (name.as_ptr() as usize, at);
+    }
+
+    fn find<S: AsRef<str>>(
+        &self,
+        hash: u64,
+        kind: Kind,
+        name: &str,
+        tags: &[(S, S)],
+    ) -> Option<u32> {
+        let entries = &self.entries;
+        self.table
+            .find(hash, |&at| {
+                let e = &entries[at as usize];
+                e.kind == kind && e.key.matches(name, tags)
+            })
+            .copied()
+    }
+
+    fn insert(&mut self, hash: u64, kind: Kind, key: Key, zero: Value) -> u32 {
+        let at = self.entries.len() as u32;
+        let entries = &self.entries;
+        self.table
+            .insert_unique(hash, at, |&i| entries[i as usize].hash);
+        self.entries.push(Entry {
+            kind,
+            key,
+            sum: zero,
+            count: 0,
+            hash,
+        });
+        at
+    }
+
+    fn hash_of<S: AsRef<str>>(&self, add: &Add<'_, S>) -> u64 {
+        add.hash
+            .unwrap_or_else(|| self.hasher.hash(add.kind, add.name, add.tags))
+    }
+
+    /// The hash of an add's key (0 when a hint found it) and its entry, if there is one.
+    fn locate<S: AsRef<str>>(&self, add: &Add<'_, S>) -> (u64, Option<u32>) {
+        if add.tags.is_empty() {
+            if let Some(at) = self.hinted(add.kind, add.name) {
+                return (0, Some(at));
+            }
+        }
+        let hash = self.hash_of(add);
+        (hash, self.find(hash, add.kind, add.name, add.tags))
+    }
+
+    /// Checks every change, then applies them all, or none. Samples beyond `max_samples` are
+    /// dropped and counted in the return value.
+    pub(super) fn apply<S: AsRef<str>>(
+        &mut self,
+        adds: &[Add<'_, S>],
+        max_samples: usize,
+    ) -> Result<u64, CoreError> {
+        // The first adds are hashed and looked up once (a delivery report is two); any beyond that
+        // are looked up again when applied.
+        const BATCH: usize = 2;
+        let mut found = [(0u64, None); BATCH];
+        for (i, add) in adds.iter().enumerate() {
+            let (hash, at) = self.locate(add);
+            if let Some(slot) = found.get_mut(i) {
+                *slot = (hash, at);
+            }
+            if let Value::Int(delta) = add.amount {
+                self.check_counter(at, &adds[..i], add, delta)?;
+            }
+        }
+        let mut dropped = 0;
+        for (i, add) in adds.iter().enumerate() {
+            if add.kind == Kind::Sample && self.samples.len() >= max_samples {
+                dropped += 1;
+                continue;
+            }
+            let (hash, at) = match found.get(i) {
+                Some(&known) => known,
+                None => (self.hash_of(add), None),
+            };
+            // An earlier add of this batch may have created it.
+            let at = match at.or_else(|| self.find(hash, add.kind, add.name, add.tags)) {
+                Some(at) => at,
+                None => self.insert(
+                    hash,
+                    add.kind,
+                    Key::new(add.name, add.tags),
+                    add.amount.zero(),
+                ),
+            };
+            if add.tags.is_empty() {
+                self.remember(add.kind, add.name, at);
+            }
+            self.accumulate(at, add.amount, 1);
+            if let (Kind::Sample, Value::Float(v)) = (add.kind, add.amount) {
+                self.samples.push((at, v));
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Refuses a counter add whose sum would leave the i64 range, counting the `earlier` adds of
+    /// the same batch to the same key. `at` is the key's entry, if it has one.
+    fn check_counter<S: AsRef<str>>(
+        &self,
+        at: Option<u32>,
+        earlier: &[Add<'_, S>],
+        add: &Add<'_, S>,
+        delta: i64,
+    ) -> Result<(), CoreError> {
+        let mut sum = match at.map(|at| self.entries[at as usize].sum) {
+            Some(Value::Int(sum)) => sum,
+            Some(Value::Float(_)) => return Ok(()),
+            None => 0,
+        };
+        let same_key = |e: &&Add<'_, S>| {
+            e.kind == add.kind && e.name == add.name && same_tags(e.tags, add.tags)
+        };
+        for e in earlier.iter().filter(same_key) {
+            if let Value::Int(d) = e.amount {
+                sum = sum.saturating_add(d); // checked when it was `add`
+            }
+        }
+        match sum.checked_add(delta) {
+            Some(_) => Ok(()),
+            None => Err(CoreError::CounterOverflow {
+                name: add.name.to_owned(),
+                sum,
+                delta,
+            }),
+        }
+    }
+
+    /// Adds `amount` (the sum of `count` values) to an entry. Counters were checked not to
+    /// overflow (by `apply`, or kept apart by `merge_one`); saturating is only a backstop.
+    fn accumulate(&mut self, at: u32, amount: Value, count: u64) {
+        let entry = &mut self.entries[at as usize];
+        entry.sum = match (entry.sum, amount) {
+            (Value::Int(a), Value::Int(b)) => Value::Int(a.saturating_add(b)),
+            (Value::Float(a), Value::Float(b)) => Value::Float(a + b),
+            (Value::Float(a), Value::Int(b)) => Value::Float(a + b as f64),
+            (Value::Int(a), Value::Float(b)) => Value::Float(a as f64 + b),
+        };
+        entry.count += count;
+    }
+
+    fn entry_for(&mut self, kind: Kind, key: &Key, zero: Value) -> u32 {
+        let hash = self.hasher.hash(kind, &key.name, &key.tags);
+        match self.find(hash, kind, &key.name, &key.tags) {
+            Some(at) => at,
+            None => self.insert(hash, kind, key.clone(), zero),
+        }
+    }
+
+    /// The backend calls this window makes, in order: timers, then counters (each in
+    /// first-appearance order), then samples (in arrival order).
+    pub fn emissions(&self) -> impl Iterator<Item = Emission<'_>> {
+        let aggregate = |kind: Kind| {
+            self.entries
+                .iter()
+                .filter(move |e| e.kind == kind)
+                .map(|e| Emission {
+                    kind: e.kind,
+                    key: &e.key,
+                    value: e.sum,
+                    count: e.count,
+                })
+        };
+        aggregate(Kind::Timer)
+            .chain(aggregate(Kind::Counter))
+            .chain(self.samples.iter().map(|&(at, v)| Emission {
+                kind: Kind::Sample,
+                key: &self.entries[at as usize].key,
+                value: Value::Float(v),
+                count: 1,
+            }))
+    }
+
+    /// How many items [`Window::emissions`] yields.
+    pub fn emission_count(&self) -> usize {
+        let aggregates = self.entries.iter().filter(|e| e.kind != Kind::Sample);
+        aggregates.count() + self.samples.len()
+    }
+
+    /// Everything from the `skip`-th emission on, as a window of its own, in the same order.
+    pub fn remainder(&self, skip: usize) -> Window {
+        let mut rest = Window::new(self.hasher.clone());
+        for e in self.emissions().skip(skip) {
+            rest.merge_one(e.kind, e.key, e.value, e.count, usize::MAX);
+        }
+        rest
+    }
+
+    /// Adds one emission's worth of data; returns how many samples were dropped (0 or 1).
+    fn merge_one(&mut self, kind: Kind, key: &Key, value: Value, count: u64, cap: usize) -> u64 {
+        if kind == Kind::Sample && self.samples.len() >= cap {
+            return 1;
+        }
+        let mut at = self.entry_for(kind, key, value.zero());
+        if let (Value::Int(sum), Value::Int(more)) = (self.entries[at as usize].sum, value) {
+            if sum.checked_add(more).is_none() {
+                // Kept apart rather than saturated: this entry goes out as it is, and the key's
+                // later values go to a new one, emitted after it.
+                let hash = self.seal(at);
+                at = self.insert(hash, kind, key.clone(), value.zero());
+            }
+        }
+        self.accumulate(at, value, count);
+        if let (Kind::Sample, Value::Float(v)) = (kind, value) {
+            self.samples.push((at, v));
+        }
+        0
+    }
+
+    /// Takes an entry out of the lookups (table and hints); it stays in the emissions. Returns its
+    /// hash.
+    fn seal(&mut self, at: u32) -> u64 {
+        let hash = self.entries[at as usize].hash;
+        if let Ok(found) = self.table.find_entry(hash, |&i| i == at) {
+            found.remove();
+        }
+        for hint in self.hints.iter_mut().filter(|(_, i)| *i == at) {
+            *hint = (0, 0); // no name lives at address 0
+        }
+        hash
+    }
+
+    /// Appends `newer` after this window: sums merge into existing keys, new keys and all samples
+    /// go after. Returns how many samples were dropped for `max_samples`.
+    pub(super) fn absorb(&mut self, newer: Window, max_samples: usize) -> u64 {
+        let mut dropped = 0;
+        for e in newer.entries.iter().filter(|e| e.kind != Kind::Sample) {
+            dropped += self.merge_one(e.kind, &e.key, e.sum, e.count, max_samples);
+        }
+        for &(at, v) in &newer.samples {
+            let key = &newer.entries[at as usize].key;
+            dropped += self.merge_one(Kind::Sample, key, Value::Float(v), 1, max_samples);
+        }
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::testing::{add, counter, emitted, NO_TAGS};
+
+    fn window(adds: &[Add<'_, &str>]) -> Window {
+        let mut w = Window::default();
+        w.apply(adds, usize::MAX).unwrap();
+        w
+    }
+
+    fn sums(w: &Window) -> Vec<(Kind, Key, Value, u64)> {
+        w.entries()
+            .iter()
+            .map(|e| (e.kind, e.key.clone(), e.sum, e.count))
+            .collect()
+    }
+
+    #[test]
+    fn emission_order_is_timers_then_counters_then_samples_each_first_seen() {
+        let w = window(&[
+            counter("c2", 1),
+            add(Kind::Sample, "s", NO_TAGS, Value::Float(3.0)),
+            add(Kind::Timer, "t2", NO_TAGS, Value::Float(1.0)),
+            counter("c1", 2),
+            add(Kind::Timer, "t1", NO_TAGS, Value::Float(2.0)),
+            counter("c2", 5),
+            add(Kind::Sample, "s", NO_TAGS, Value::Float(4.0)),
+            add(Kind::Timer, "t2", NO_TAGS, Value::Float(0.5)),
+        ]);
+        assert_eq!(
+            emitted(&w),
+            vec![
+                (Kind::Timer, "t2".into(), Value::Float(1.5)),
+                (Kind::Timer, "t1".into(), Value::Float(2.0)),
+                (Kind::Counter, "c2".into(), Value::Int(6)),
+                (Kind::Counter, "c1".into(), Value::Int(2)),
+                (Kind::Sample, "s".into(), Value::Float(3.0)),
+                (Kind::Sample, "s".into(), Value::Float(4.0)),
+            ]
+        );
+    }
+
+    #[test]
+    fn counter_overflow_is_refused_and_changes_nothing() {
+        let mut w = window(&[counter("c", i64::MAX - 1)]);
+        let before = sums(&w);
+        let err = w
+            .apply(
+                &[
+                    add(Kind::Sample, "s", NO_TAGS, Value::Float(1.0)),
+                    counter("c", 2),
+                ],
+                usize::MAX,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            CoreError::CounterOverflow {
+                name: "c".into(),
+                sum: i64::MAX - 1,
+                delta: 2
+            }
+        );
+        assert_eq!(
+            sums(&w),
+            before,
+            "neither the sample nor the counter went in"
+        );
+        assert_eq!(w.sample_count(), 0);
+        w.apply(&[counter("c", 1)], usize::MAX).unwrap();
+        assert_eq!(w.entries()[0].sum, Value::Int(i64::MAX));
+        w.apply(&[counter("d", i64::MIN)], usize::MAX).unwrap();
+        assert!(w.apply(&[counter("d", -1)], usize::MAX).is_err());
+    }
+
+    #[test]
+    fn the_overflow_check_counts_a_key_repeated_within_one_batch() {
+        let ab = [("a", "1"), ("b", "2")];
+        let ba = [("b", "2"), ("a", "1")];
+        let mut w = window(&[counter("c", 1)]);
+        let before = sums(&w);
+        let err = w
+            .apply(&[counter("c", i64::MAX - 1), counter("c", 1)], usize::MAX)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            CoreError::CounterOverflow {
+                name: "c".into(),
+                sum: i64::MAX,
+                delta: 1
+            }
+        );
+        // A key new to the window, the second time with its tags in another order.
+        let twice = [
+            add(Kind::Counter, "d", &ab, Value::Int(i64::MIN)),
+            add(Kind::Counter, "d", &ba, Value::Int(-1)),
+        ];
+        assert!(w.apply(&twice, usize::MAX).is_err());
+        assert_eq!(sums(&w), before);
+        w.apply(&[counter("c", i64::MAX - 2), counter("c", 1)], usize::MAX)
+            .unwrap();
+        assert_eq!(w.entries()[0].sum, Value::Int(i64::MAX));
+    }
+
+    #[test]
+    fn a_give_back_that_would_overflow_keeps_the_values_apart() {
+        let w = window(&[counter("c", i64::MAX - 1), counter("d", 1)]);
+        let mut given_back = w.remainder(0);
+        let newer = window(&[counter("c", 5), counter("e", 1)]);
+        given_back.absorb(newer, usize::MAX);
+        assert_eq!(
+            emitted(&given_back),
+            vec![
+                (Kind::Counter, "c".into(), Value::Int(i64::MAX - 1)),
+                (Kind::Counter, "d".into(), Value::Int(1)),
+                (Kind::Counter, "c".into(), Value::Int(5)),
+                (Kind::Counter, "e".into(), Value::Int(1)),
+            ]
+        );
+        // Later values of "c" add to the newer part, by a hint or by the table.
+        given_back.apply(&[counter("c", 2)], usize::MAX).unwrap();
+        let tagged = [("t", "1")];
+        given_back
+            .apply(
+                &[add(Kind::Counter, "c", &tagged, Value::Int(1))],
+                usize::MAX,
+            )
+            .unwrap();
+        let c: Vec<_> = given_back
+            .entries()
+            .iter()
+            .filter(|e| &*e.key.name == "c" && e.key.tags.is_empty())
+            .map(|e| (e.sum, e.count))
+            .collect();
+        assert_eq!(c, vec![(Value::Int(i64::MAX - 1), 1), (Value::Int(7), 2)]);
+        // Even a remainder of it does not merge them.
+        let rest = given_back.remainder(0);
+        assert_eq!(
+            emitted(&rest)[0],
+            (Kind::Counter, "c".into(), Value::Int(i64::MAX - 1))
+        );
+        assert_eq!(
+            emitted(&rest)[2],
+            (Kind::Counter, "c".into(), Value::Int(7))
+        );
+    }
+
+    #[test]
+    fn tags_are_compared_as_mappings_and_emitted_in_first_seen_order() {
+        let ab = [("a", "1"), ("b", "2")];
+        let ba = [("b", "2"), ("a", "1")];
+        let a2 = [("a", "2"), ("b", "2")];
+        let w = window(&[
+            add(Kind::Counter, "m", &ab, Value::Int(1)),
+            add(Kind::Counter, "m", &ba, Value::Int(1)),
+            add(Kind::Counter, "m", &a2, Value::Int(1)),
+            add(Kind::Counter, "m", NO_TAGS, Value::Int(1)),
+            add(Kind::Timer, "m", &ab, Value::Float(1.0)),
+        ]);
+        let snap = sums(&w);
+        assert_eq!(snap.len(), 4);
+        assert_eq!(snap[0].1, Key::new("m", &ab));
+        assert_eq!((snap[0].2, snap[0].3), (Value::Int(2), 2));
+        assert_eq!(snap[1].1, Key::new("m", &a2));
+        assert_eq!(snap[2].1, Key::new("m", NO_TAGS));
+        assert_eq!(
+            (snap[3].0, snap[3].1.clone()),
+            (Kind::Timer, Key::new("m", &ab))
+        );
+    }
+
+    #[test]
+    fn name_hints_never_confuse_keys() {
+        let mut w = Window::default();
+        let mut reused = String::from("aaaa");
+        w.apply(&[counter(&reused, 1)], usize::MAX).unwrap();
+        // The same bytes' address now holds another name.
+        reused.replace_range(.., "bbbb");
+        w.apply(&[counter(&reused, 1)], usize::MAX).unwrap();
+        // The first name again, at another address; and as a timer at the same address.
+        let copy = String::from("aaaa");
+        w.apply(&[counter(&copy, 1)], usize::MAX).unwrap();
+        w.apply(
+            &[add(Kind::Timer, &copy, NO_TAGS, Value::Float(1.0))],
+            usize::MAX,
+        )
+        .unwrap();
+        assert_eq!(
+            emitted(&w),
+            vec![
+                (Kind::Timer, "aaaa".into(), Value::Float(1.0)),
+                (Kind::Counter, "aaaa".into(), Value::Int(2)),
+                (Kind::Counter, "bbbb".into(), Value::Int(1)),
+            ]
+        );
+    }
+
+    #[test]
+    fn many_keys_and_a_prehashed_one_are_each_found_again() {
+        let hasher = KeyHasher::default();
+        let mut w = Window::new(hasher.clone());
+        let names: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
+        for _ in 0..2 {
+            for name in &names {
+                let tags = [("k", name.as_str())];
+                w.apply(
+                    &[add(Kind::Counter, name, &tags, Value::Int(1))],
+                    usize::MAX,
+                )
+                .unwrap();
+            }
+        }
+        let tags = [("k", "m7")];
+        let prehashed = Add {
+            hash: Some(hasher.hash(Kind::Counter, "m7", &tags)),
+            ..add(Kind::Counter, "m7", &tags, Value::Int(1))
+        };
+        w.apply(&[prehashed], usize::MAX).unwrap();
+        assert_eq!(w.entries().len(), 1000);
+        assert!(w
+            .entries()
+            .iter()
+            .all(|e| e.count == 2 || &*e.key.name == "m7"));
+        assert_eq!(w.entries()[7].sum, Value::Int(3));
+    }
+
+    #[test]
+    fn a_remainder_absorbs_newer_values_after_its_own() {
+        let w = window(&[
+            add(Kind::Timer, "t", NO_TAGS, Value::Float(1.0)),
+            counter("a", 1),
+            counter("b", 2),
+            add(Kind::Sample, "s", NO_TAGS, Value::Float(1.0)),
+            add(Kind::Sample, "s", NO_TAGS, Value::Float(2.0)),
+        ]);
+        let mut rest = w.remainder(1);
+        let newer = window(&[
+            counter("c", 5),
+            counter("a", 10),
+            add(Kind::Sample, "s", NO_TAGS, Value::Float(3.0)),
+        ]);
+        assert_eq!(rest.absorb(newer, 3), 0);
+        assert_eq!(
+            emitted(&rest),
+            vec![
+                (Kind::Counter, "a".into(), Value::Int(11)),
+                (Kind::Counter, "b".into(), Value::Int(2)),
+                (Kind::Counter, "c".into(), Value::Int(5)),
+                (Kind::Sample, "s".into(), Value::Float(1.0)),
+                (Kind::Sample, "s".into(), Value::Float(2.0)),
+                (Kind::Sample, "s".into(), Value::Float(3.0)),
+            ]
+        );
+        assert_eq!(rest.entries()[0].count, 2, "a was added twice");
+    }
+}
