@@ -65,6 +65,24 @@ def test_positional_and_keyword_call_styles() -> None:
     ]
 
 
+def test_keyword_names_are_interned_as_at_a_python_call_site() -> None:
+    # CPython matches keywords to parameters by identity before comparing strings.
+    seen: list[bool] = []
+
+    class Backend:
+        def increment(self, **kwargs: Any) -> None:
+            seen.extend(sys.intern(k) is k for k in kwargs)
+
+        def timing(self, **kwargs: Any) -> None:
+            seen.extend(sys.intern(k) is k for k in kwargs)
+
+    buf = MetricsBuffer(Backend(), keyword_args=True)
+    buf.incr_counter("c", 1)
+    buf.record_timing("s", 2.0, {"k": "v"})
+    buf.flush()
+    assert seen == [True] * 5
+
+
 def test_tags_are_a_mapping_key_and_keep_their_first_order(recorder: Recorder) -> None:
     class Tags(Mapping[str, str]):
         def __init__(self, **items: str) -> None:
