@@ -22,16 +22,25 @@ class LoggingError(Exception):
     pass
 
 
-class Broken(Recorder):
-    """A backend that raises on every call while `broken` is set, and records calls otherwise."""
+def backend_error() -> None:
+    raise BackendError("the backend is down")
 
-    def __init__(self) -> None:
+
+def endless_recursion() -> None:
+    endless_recursion()
+
+
+class Broken(Recorder):
+    """A backend that calls `fail` (which raises) on every call while it is set, and records calls
+    once it is None."""
+
+    def __init__(self, fail: Callable[[], None] | None = backend_error) -> None:
         super().__init__()
-        self.broken = True
+        self.fail = fail
 
     def _record(self, method: str, name: str, value: Any, tags: Any) -> None:
-        if self.broken:
-            raise BackendError(f"{method}({name!r}) fails")
+        if self.fail is not None:
+            self.fail()
         super()._record(method, name, value, tags)
 
 
@@ -95,7 +104,7 @@ def broken_buffer(clock: FakeClock) -> tuple[Broken, MetricsBuffer]:
 
 
 def repaired_emission(backend: Broken, buf: MetricsBuffer) -> list[tuple[str, str, Any, Any]]:
-    backend.broken = False
+    backend.fail = None
     buf.flush()
     buf.flush()
     return backend.calls
@@ -146,19 +155,6 @@ def test_a_logging_handler_interrupt_is_raised_once_and_the_data_kept(
     assert repaired_emission(backend, buf) == emitted
 
 
-class Recursing(Recorder):
-    """A backend that recurses without end (RecursionError) while `broken` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.broken = True
-
-    def _record(self, method: str, name: str, value: Any, tags: Any) -> None:
-        if self.broken:
-            self._record(method, name, value, tags)
-        super()._record(method, name, value, tags)
-
-
 def lower_recursion_limit(headroom: int) -> None:
     """Sets the recursion limit `headroom` calls above the lowest one allowed at the caller's depth."""
     limit = 1
@@ -173,7 +169,7 @@ def lower_recursion_limit(headroom: int) -> None:
 
 
 def test_a_backend_recursion_error_is_logged_and_the_value_kept(caplog: pytest.LogCaptureFixture) -> None:
-    backend = Recursing()
+    backend = Broken(endless_recursion)
     buf = MetricsBuffer(backend)
     buf.incr_counter("c", 4)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
@@ -181,14 +177,14 @@ def test_a_backend_recursion_error_is_logged_and_the_value_kept(caplog: pytest.L
     records = [(r.name, r.levelno, "RecursionError" in r.getMessage()) for r in caplog.records]
     assert records == [(LOGGER, logging.WARNING, True)]
     assert buf.flush_errors == 1
-    backend.broken = False
+    backend.fail = None
     buf.flush()
     assert backend.calls == [("increment", "c", 4, None)]
 
 
 @pytest.mark.parametrize("headroom", [1, 3, 5, 10, 20])
 def test_a_backend_recursion_error_near_the_recursion_limit_does_not_escape(headroom: int) -> None:
-    backend = Recursing()
+    backend = Broken(endless_recursion)
     buf = MetricsBuffer(backend)
     buf.incr_counter("c", 4)
     raised: BaseException | None = None
@@ -203,7 +199,7 @@ def test_a_backend_recursion_error_near_the_recursion_limit_does_not_escape(head
     assert raised is None
     assert buf.flush_errors == 1
     assert buf.pending() == [("counter", "c", None, 4, 1)]
-    backend.broken = False
+    backend.fail = None
     buf.flush()
     buf.flush()
     assert backend.calls == [("increment", "c", 4, None)]
