@@ -14,9 +14,10 @@ use crate::exit;
 /// While the interpreter exits, another thread than the exiting one does not log (see
 /// [`exit::stopping`]).
 pub(crate) fn handle(py: Python<'_>, err: PyErr, pending: usize) -> PyResult<()> {
-    let logged = match exit::stopping() {
-        true => Ok(()),
-        false => log(py, &err, pending),
+    let logged = if exit::stopping() {
+        Ok(())
+    } else {
+        log(py, &err, pending)
     };
     if !err.is_instance_of::<PyException>(py) {
         return Err(err);
