@@ -92,7 +92,7 @@ build_wheel() {
   tag=cp${version/./}
   # A cross build takes maturin's bundled sysconfig for that CPython: it gets a name, not a path.
   if [ "$arch" = "$ARCH" ]; then interpreter=$(python_for "$version"); else interpreter=python$version; fi
-  if ! rustup target list --installed | grep -qx "$arch-unknown-linux-gnu"; then
+  if ! grep -qx "$arch-unknown-linux-gnu" <<<"$(rustup target list --installed)"; then
     rustup target add "$arch-unknown-linux-gnu" >&2
   fi
   say "building the wheel for CPython $version on $arch (release, manylinux2014, zig)"
