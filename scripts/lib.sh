@@ -1,7 +1,8 @@
 # Shared set-up for scripts/run, scripts/test, scripts/wheels and .ci/run: CPythons, virtualenvs
 # under .venvs/, manylinux wheels built with maturin + zig, and stages that always all run.
 set -euo pipefail
-shopt -s inherit_errexit
+# Command substitutions fail with the script, too (bash >= 4.4; macOS's /bin/bash 3.2 lacks it).
+shopt -s inherit_errexit 2>/dev/null || true
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # The CPythons CI tests (pyproject.toml's classifiers name exactly these). 3.11 is this machine's
