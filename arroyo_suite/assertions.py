@@ -1,8 +1,8 @@
 """Stand-in for arroyo's tests/assertions.py (not in the sdist)."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any
 
 
 @contextmanager

@@ -30,20 +30,6 @@ def pytest_report_header() -> str:
     return "arroyo_metrics_buffer: installed on " + ", ".join(arroyo_metrics_buffer.installed())
 
 
-# arroyo's own tests whose outcome depends on machine load, none of which involves the classes the
-# patch touches: rerun (visibly, "R" in the output) rather than fail a run on a busy 2-core box.
-TIMING_SENSITIVE = {
-    # RunTaskWithMultiprocessing pushes 144 MiB through 2 processes, then join(timeout=3).
-    "test_output_block_resizing_without_limits",
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.name in TIMING_SENSITIVE:
-            item.add_marker(pytest.mark.flaky(reruns=2))
-
-
 @pytest.fixture(autouse=True)
 def clear_metrics_state() -> Iterator[None]:
     yield

@@ -1,11 +1,11 @@
 """Stand-in for arroyo's tests/metrics.py (not in the sdist): a backend that records every call."""
 
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple
 
 from arroyo.utils.metrics import Metrics
 
-Number = Union[int, float]
-Tags = Optional[dict[str, str]]
+Number = int | float
+Tags = dict[str, str] | None
 
 
 class Increment(NamedTuple):
@@ -26,7 +26,7 @@ class Timing(NamedTuple):
     tags: Tags
 
 
-MetricCall = Union[Increment, Gauge, Timing]
+MetricCall = Increment | Gauge | Timing
 
 
 class _TestingMetricsBackend(Metrics):
