@@ -60,7 +60,7 @@ class CallLog:
         """(value, tags) of each `method` call for metric `name`, however it was called."""
         out = []
         for m, args, kw in self.calls:
-            call = dict(zip(("name", "value", "tags"), args))
+            call = dict(zip(("name", "value", "tags"), args, strict=False))
             call.setdefault("value", 1)  # increment(name) counts one
             call.update(kw)
             if m == method and call["name"] == name:

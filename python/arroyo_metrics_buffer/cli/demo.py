@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Union
 
 from .demo_result import (
     FORWARD,
@@ -25,7 +24,7 @@ from .kafka import MockCluster, check_reachable, versions
 from .scenario import SCENARIO_SECONDS
 from .table import table
 
-Run = Union[RunResult, RunFailure]
+Run = RunResult | RunFailure
 HEADS = ("stock arroyo", "with arroyo_metrics_buffer")
 NONE_BEFORE = "n/a (none before 2.40.3)"
 
@@ -141,7 +140,9 @@ def render(runs: list[Run]) -> str:
     rows = [
         (label, *(get(r) if isinstance(r, RunResult) else "-" for r in runs)) for label, get in rows_of(runs)
     ]
-    rows += [(f"{head} failed", r.error) for head, r in zip(HEADS, runs) if isinstance(r, RunFailure)]
+    rows += [
+        (f"{head} failed", r.error) for head, r in zip(HEADS, runs, strict=False) if isinstance(r, RunFailure)
+    ]
     lines = table(("", *HEADS), rows)
     first = runs[0]
     if isinstance(first, RunResult) and first.exception_examples:
