@@ -181,7 +181,8 @@ def child_exit_status(check: Callable[[], None]) -> int:
     if pid == 0:
         status = 1
         try:
-            signal.alarm(CHILD_SECONDS)  # a hung child kills itself
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not pytest-timeout's handler
+            signal.alarm(CHILD_SECONDS)  # a hung child is killed: exit status -SIGALRM
             check()
             status = 0
         except BaseException:

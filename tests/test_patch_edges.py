@@ -6,10 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
-import time
-import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 from unittest import mock
@@ -22,7 +19,7 @@ from arroyo.backends.kafka.consumer import ConfluentProducer
 from arroyo.processing.processor import MetricsBuffer as ArroyoMetricsBuffer
 
 from arroyo_metrics_buffer import install, installed, uninstall
-from helpers import CallLog, FakeClock, backend
+from helpers import CallLog, FakeClock, backend, child_exit_status
 
 LOGGER = "arroyo_metrics_buffer"
 TARGETS = ["arroyo.processing.processor.MetricsBuffer", "arroyo.backends.kafka.consumer.ConfluentProducer"]
@@ -35,7 +32,6 @@ PATCHED: dict[type, tuple[str, ...]] = {
     ),
 }
 ORIGINALS = {(cls, attr): cls.__dict__[attr] for cls, attrs in PATCHED.items() for attr in attrs}
-CHILD_SECONDS = 10
 RUN_COUNT: Final = "arroyo.consumer.run.count"
 POLL_TIME: Final = "arroyo.consumer.poll.time"
 
@@ -71,32 +67,6 @@ class BlockOnInstall(logging.Handler):
         if os.getpid() == self.pid and threading.get_ident() == self.installer():
             self.entered.set()
             self.unblock.wait(60)
-
-
-def child_exit_status(child: Callable[[], None]) -> int:
-    """Forks; the child runs `child` under an alarm and exits 0 if it returns. The child's status."""
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not pytest-timeout's handler
-            signal.alarm(CHILD_SECONDS)  # a hung child is killed: exit status -SIGALRM
-            child()
-            status = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stderr.flush()
-            os._exit(status)
-    deadline = time.monotonic() + CHILD_SECONDS + 5
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail("the forked child hung past its alarm")
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
