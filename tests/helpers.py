@@ -32,6 +32,8 @@ MOCK_CLUSTER: dict[str, Any] = {"test.mock.num.brokers": 1, "log_level": 3}
 
 PRODUCE_STATUS = "arroyo.producer.produce_status"
 CALLBACK_LATENCY = "arroyo.producer.callback_latency"
+#: What install() patches, in its order.
+TARGETS = ["arroyo.processing.processor.MetricsBuffer", "arroyo.backends.kafka.consumer.ConfluentProducer"]
 
 
 class CallLog:
@@ -145,6 +147,23 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def arroyo_originals() -> dict[tuple[type, str], Any]:
+    """(class, attribute) -> arroyo's own value, for every attribute install() replaces; call it
+    while nothing is installed."""
+    from arroyo.backends.kafka.consumer import ConfluentProducer
+    from arroyo.processing.processor import MetricsBuffer
+
+    patched: dict[type, tuple[str, ...]] = {
+        MetricsBuffer: ("__init__", "incr_timing", "incr_counter", "flush"),
+        ConfluentProducer: (
+            "__init__",
+            "_ConfluentProducer__metrics_delivery_callback",
+            "_ConfluentProducer__flush_metrics",
+        ),
+    }
+    return {(cls, attr): cls.__dict__[attr] for cls, attrs in patched.items() for attr in attrs}
 
 
 def producer_has_latency() -> bool:

@@ -26,9 +26,7 @@ from arroyo_metrics_buffer.cli.demo_result import (
     split,
 )
 from arroyo_metrics_buffer.cli.progress import Progress
-from helpers import needs_kafka
-
-TARGETS = ["arroyo.processing.processor.MetricsBuffer", "arroyo.backends.kafka.consumer.ConfluentProducer"]
+from helpers import TARGETS, needs_kafka
 
 
 def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:

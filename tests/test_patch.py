@@ -29,36 +29,19 @@ from helpers import (
     CALLBACK_LATENCY,
     MOCK_CLUSTER,
     PRODUCE_STATUS,
+    TARGETS,
     CallLog,
     FakeClock,
+    arroyo_originals,
     backend,
     producer_has_latency,
     run_python,
 )
 
-TARGETS = ["arroyo.processing.processor.MetricsBuffer", "arroyo.backends.kafka.consumer.ConfluentProducer"]
-ORIGINALS = {
-    (cls, attr): cls.__dict__[attr]
-    for cls, attrs in (
-        (ArroyoMetricsBuffer, ("__init__", "incr_timing", "incr_counter", "flush")),
-        (
-            ConfluentProducer,
-            (
-                "__init__",
-                "_ConfluentProducer__metrics_delivery_callback",
-                "_ConfluentProducer__flush_metrics",
-            ),
-        ),
-    )
-    for attr in attrs
-}
+ORIGINALS = arroyo_originals()
 
 
-@pytest.fixture(autouse=True)
-def clean() -> Iterator[None]:
-    uninstall()
-    yield
-    uninstall()
+pytestmark = pytest.mark.usefixtures("uninstalled")
 
 
 @pytest.fixture

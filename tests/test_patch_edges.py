@@ -19,28 +19,15 @@ from arroyo.backends.kafka.consumer import ConfluentProducer
 from arroyo.processing.processor import MetricsBuffer as ArroyoMetricsBuffer
 
 from arroyo_metrics_buffer import install, installed, uninstall
-from helpers import CallLog, FakeClock, backend, child_exit_status
+from helpers import TARGETS, CallLog, FakeClock, arroyo_originals, backend, child_exit_status
 
 LOGGER = "arroyo_metrics_buffer"
-TARGETS = ["arroyo.processing.processor.MetricsBuffer", "arroyo.backends.kafka.consumer.ConfluentProducer"]
-PATCHED: dict[type, tuple[str, ...]] = {
-    ArroyoMetricsBuffer: ("__init__", "incr_timing", "incr_counter", "flush"),
-    ConfluentProducer: (
-        "__init__",
-        "_ConfluentProducer__metrics_delivery_callback",
-        "_ConfluentProducer__flush_metrics",
-    ),
-}
-ORIGINALS = {(cls, attr): cls.__dict__[attr] for cls, attrs in PATCHED.items() for attr in attrs}
+ORIGINALS = arroyo_originals()
 RUN_COUNT: Final = "arroyo.consumer.run.count"
 POLL_TIME: Final = "arroyo.consumer.poll.time"
 
 
-@pytest.fixture(autouse=True)
-def clean() -> Iterator[None]:
-    uninstall()
-    yield
-    uninstall()
+pytestmark = pytest.mark.usefixtures("uninstalled")
 
 
 @pytest.fixture
