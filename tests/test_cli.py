@@ -10,11 +10,13 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import arroyo_metrics_buffer
+from arroyo_metrics_buffer import install, installed
 from arroyo_metrics_buffer.cli.demo import render
 from arroyo_metrics_buffer.cli.demo_result import (
     ForwardReport,
@@ -26,7 +28,7 @@ from arroyo_metrics_buffer.cli.demo_result import (
     split,
 )
 from arroyo_metrics_buffer.cli.progress import Progress
-from helpers import TARGETS, needs_kafka
+from helpers import MOCK_CLUSTER, TARGETS, needs_kafka
 
 
 def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -136,6 +138,50 @@ def test_bench_json() -> None:
     assert all(
         f["stock"] > 0 and f["patched"] > 0 and f["ratio"] == f["patched"] / f["stock"] for f in figures
     )
+
+
+@needs_kafka
+@pytest.mark.usefixtures("uninstalled")
+def test_bench_rounds_alternate_abba_with_the_patch_installed_only_for_patched_rounds() -> None:
+    from arroyo_metrics_buffer.cli.bench import alternate
+
+    runs: list[tuple[str, bool]] = []
+
+    def side(name: str, value: float) -> Callable[[], float]:
+        def run() -> float:
+            runs.append((name, bool(installed())))
+            return value + len(runs)
+
+        return run
+
+    assert alternate(side("stock", 100.0), side("patched", 0.0), 4) == (100.0 + 6.5, 0.0 + 6.5)
+    assert (
+        runs
+        == [("stock", False), ("patched", True)]
+        + [
+            ("stock", False),
+            ("patched", True),
+            ("patched", True),
+            ("stock", False),
+        ]
+        * 2
+    )
+    assert not installed()
+
+
+@needs_kafka
+@pytest.mark.usefixtures("uninstalled")
+def test_bench_refuses_a_stock_producer_the_patch_adopted() -> None:
+    from arroyo.backends.kafka.consumer import ConfluentProducer
+
+    from arroyo_metrics_buffer.cli.bench import still_stock
+
+    producer = ConfluentProducer(dict(MOCK_CLUSTER))
+    still_stock(producer)
+    install()
+    producer._ConfluentProducer__flush_metrics()  # arroyo's flush() does this, through the class
+    with pytest.raises(RuntimeError, match="the stock ConfluentProducer was adopted by the patch"):
+        still_stock(producer)
 
 
 @pytest.mark.parametrize(
@@ -250,7 +296,9 @@ def test_check_shows_no_local_path_and_bench_no_librdkafka_noise() -> None:
     bench = cli("bench", "--rounds", "1", "--calls", "2000", "--messages", "2000")
     assert bench.returncode == 0, bench.stderr
     [versions, rounds] = bench.stderr.splitlines()
-    assert versions.startswith("arroyo ") and rounds.startswith("medians of 1 alternating rounds")
+    assert versions.startswith("arroyo ") and rounds.startswith(
+        "medians of 1 alternating rounds (stock, patched, patched, stock, ...)"
+    )
     assert bench.stdout.splitlines()[0].split() == [
         "figure",
         "unit",

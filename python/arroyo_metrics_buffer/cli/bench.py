@@ -18,6 +18,7 @@ from itertools import repeat
 from typing import Any
 
 from .._patch import arroyo_version, install, uninstall
+from ..targets.base import BUFFER_ATTR
 from ..targets.producer import CALLBACK
 from .kafka import MockCluster, versions
 from .table import table
@@ -59,16 +60,38 @@ def per_call_ns(call: Callable[..., None], args: tuple[Any, ...], calls: int) ->
 
 
 def alternate(stock: Callable[[], float], patched: Callable[[], float], rounds: int) -> tuple[float, float]:
-    s, p = [], []
-    stock()  # warm-up
-    patched()
-    for _ in range(rounds):
-        uninstall()
-        s.append(stock())
-        install()
-        p.append(patched())
+    """The medians of `rounds` runs of each side, after one warm-up run of each, in ABBA order
+    (stock, patched, patched, stock, ...) so that neither side always runs first.
+
+    Stock runs with the patch uninstalled and patched runs with it installed. This matters beyond
+    the calls measured: while installed, arroyo's class adopts a stock instance into the patch the
+    first time one of its patched methods runs (arroyo's own code calls them through the class),
+    and the instance stays adopted; `still_stock` checks that this did not happen.
+    """
+    times: dict[bool, list[float]] = {False: [], True: []}
+
+    def run(is_patched: bool) -> float:
+        (install if is_patched else uninstall)()
+        return (patched if is_patched else stock)()
+
+    run(False)  # warm-up
+    run(True)
+    for i in range(rounds):
+        for is_patched in (False, True) if i % 2 == 0 else (True, False):
+            times[is_patched].append(run(is_patched))
     uninstall()
-    return statistics.median(s), statistics.median(p)
+    return statistics.median(times[False]), statistics.median(times[True])
+
+
+def still_stock(*instances: Any) -> None:
+    """Refuses a figure whose stock side was adopted by the patch: it would compare the patch with
+    itself."""
+    for instance in instances:
+        if getattr(instance, BUFFER_ATTR, None) is not None:
+            raise RuntimeError(
+                f"bench: the stock {type(instance).__name__} was adopted by the patch during the "
+                "run, so its figure would compare the patch with itself"
+            )
 
 
 def micro(rounds: int, calls: int) -> list[dict[str, Any]]:
@@ -107,6 +130,7 @@ def micro(rounds: int, calls: int) -> list[dict[str, Any]]:
         ),
     ):
         s, p = alternate(stock, ours, rounds)
+        still_stock(stock_buffer, stock_producer)
         figures.append({"figure": label, "unit": "ns/call", "stock": s, "patched": p, "ratio": p / s})
     return figures
 
@@ -162,6 +186,7 @@ def end_to_end(rounds: int, messages: int) -> dict[str, Any]:
     producers.append(ConfluentProducer(config))
     stock, ours = (lambda: throughput(producers[0], messages)), (lambda: throughput(producers[1], messages))
     s, p = alternate(stock, ours, rounds)
+    still_stock(producers[0])
     producers.clear()  # the clients close before the cluster they talk to
     del cluster
     return {
@@ -192,7 +217,10 @@ def bench(rounds: int, calls: int, messages: int, as_json: bool) -> int:
             f"arroyo {header['arroyo']}, {header['kafka']}, Python {header['python']}, {machine}",
             file=sys.stderr,
         )
-        print(f"medians of {rounds} alternating rounds (stock, patched) in this process", file=sys.stderr)
+        print(
+            f"medians of {rounds} alternating rounds (stock, patched, patched, stock, ...) in this process",
+            file=sys.stderr,
+        )
     figures = micro(rounds, calls)
     figures.append(end_to_end(rounds, messages))
     for f in figures:
