@@ -9,7 +9,11 @@ use pyo3::PyTraverseError;
 
 use crate::buffer::MetricsBufferPy;
 use crate::core::{own_tags, Add, Key, Kind, Tags, Value};
+use crate::errors::Error;
 use crate::{args, clock};
+
+const F_REPORT: &str = "DeliveryCallback.report";
+const F_WRAP: &str = "DeliveryCallback.wrap";
 
 /// On each call it counts `counter` under `success_tags` or `error_tags` (by whether `error` is
 /// None) and, when `latency` is given, records one `latency` sample of `time.time() -
@@ -72,6 +76,43 @@ impl DeliveryCallbackPy {
             latency,
         })
     }
+
+    /// Count one delivery (and its latency, when this callback records latency).
+    fn count(
+        &self,
+        py: Python<'_>,
+        error: &Bound<'_, PyAny>,
+        produced: Option<f64>,
+    ) -> PyResult<()> {
+        let (tags, hash) = if error.is_none() {
+            (&self.success_tags, self.hashes[0])
+        } else {
+            (&self.error_tags, self.hashes[1])
+        };
+        let buffer = &self.buffer.get().shared;
+        let counter = Add {
+            kind: Kind::Counter,
+            name: &self.counter,
+            tags,
+            amount: Value::Int(1),
+            hash: Some(hash),
+        };
+        let Some(latency) = &self.latency else {
+            return buffer.record_at(py, &[counter], clock::now(py)?);
+        };
+        let Some(produced) = produced else {
+            return Err(missing_time_of_produce(F_REPORT));
+        };
+        let now = clock::now(py)?;
+        let sample = Add {
+            kind: Kind::Sample,
+            name: &latency.name,
+            tags: &latency.tags,
+            amount: Value::Float(now - produced),
+            hash: Some(self.hashes[2]),
+        };
+        buffer.record_at(py, &[counter, sample], now)
+    }
 }
 
 #[pymethods]
@@ -94,37 +135,45 @@ impl DeliveryCallbackPy {
         _message: &Bound<'_, PyAny>,
         time_of_produce: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let (tags, hash) = if error.is_none() {
-            (&self.success_tags, self.hashes[0])
+        let produced = match time_of_produce {
+            Some(t) if self.latency.is_some() => Some(args::real(F_REPORT, "time_of_produce", t)?),
+            _ => None,
+        };
+        self.count(py, error, produced)
+    }
+
+    /// arroyo's `ConfluentProducer.__delivery_callback(user_callback[, time_of_produce])`, native:
+    /// the `on_delivery` callable for one produced message, which reports the delivery here and
+    /// then calls `user_callback(error, message)` unless it is None.
+    #[pyo3(signature = (user_callback, time_of_produce=None))]
+    fn wrap(
+        slf: &Bound<'_, Self>,
+        user_callback: &Bound<'_, PyAny>,
+        time_of_produce: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<WrappedCallbackPy> {
+        let user = if user_callback.is_none() {
+            None
+        } else if user_callback.is_callable() {
+            Some(user_callback.clone().unbind())
         } else {
-            (&self.error_tags, self.hashes[1])
+            return Err(Error::Type {
+                function: F_WRAP,
+                arg: "user_callback",
+                expected: "callable or None (the callback= or on_delivery= given to produce())",
+                got: args::type_name(user_callback),
+            }
+            .into());
         };
-        let buffer = &self.buffer.get().shared;
-        let counter = Add {
-            kind: Kind::Counter,
-            name: &self.counter,
-            tags,
-            amount: Value::Int(1),
-            hash: Some(hash),
+        let produced = match (time_of_produce, &slf.get().latency) {
+            (Some(t), Some(_)) => Some(args::real(F_WRAP, "time_of_produce", t)?),
+            (None, Some(_)) => return Err(missing_time_of_produce(F_WRAP)),
+            (_, None) => None,
         };
-        let Some(latency) = &self.latency else {
-            return buffer.record_at(py, &[counter], clock::now(py)?);
-        };
-        let Some(produced) = time_of_produce else {
-            return Err(PyTypeError::new_err(
-                "delivery callback missing required argument 'time_of_produce'",
-            ));
-        };
-        let produced = args::real("DeliveryCallback", "time_of_produce", produced)?;
-        let now = clock::now(py)?;
-        let sample = Add {
-            kind: Kind::Sample,
-            name: &latency.name,
-            tags: &latency.tags,
-            amount: Value::Float(now - produced),
-            hash: Some(self.hashes[2]),
-        };
-        buffer.record_at(py, &[counter, sample], now)
+        Ok(WrappedCallbackPy {
+            callback: slf.clone().unbind(),
+            user,
+            produced,
+        })
     }
 
     /// The same as `report` (which is the faster callable to hand out).
@@ -135,6 +184,58 @@ impl DeliveryCallbackPy {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         slf.call_method(intern!(slf.py(), "report"), args, kwargs)?;
+        Ok(())
+    }
+}
+
+fn missing_time_of_produce(function: &str) -> PyErr {
+    PyTypeError::new_err(format!(
+        "{function}() missing required argument 'time_of_produce'"
+    ))
+}
+
+/// What `DeliveryCallback.wrap` returns: arroyo's per-message `wrapped` closure (and the
+/// `functools.partial` around it), as one native object. Called by confluent-kafka as
+/// `on_delivery(error, message)`: it counts the delivery with its callback (and the latency since
+/// `time_of_produce`), then calls the user's callback, as arroyo does; an exception from either
+/// propagates, and the user's callback is not called if counting raised.
+///
+/// Only confluent-kafka holds one, from `produce()` until the delivery report. For the garbage
+/// collector it shows both references; it has no `__clear__`, as `DeliveryCallback`: its references
+/// never change, and a cycle through the user's callback has Python objects on it that clear.
+/// No `freelist`: pyo3 0.30 hands out reused objects without tracking them for the collector
+/// again, so a cycle through one would never be collected (tests/test_produce.py caught it).
+#[pyclass(
+    name = "WrappedCallback",
+    module = "arroyo_metrics_buffer._native",
+    frozen
+)]
+pub struct WrappedCallbackPy {
+    callback: Py<DeliveryCallbackPy>,
+    user: Option<Py<PyAny>>,
+    produced: Option<f64>,
+}
+
+#[pymethods]
+impl WrappedCallbackPy {
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        error: &Bound<'_, PyAny>,
+        message: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.callback.get().count(py, error, self.produced)?;
+        if let Some(user) = &self.user {
+            user.bind(py).call1((error, message))?;
+        }
+        Ok(())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.callback)?;
+        if let Some(user) = &self.user {
+            visit.call(user)?;
+        }
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ from typing import Any, Literal, SupportsFloat, final
 __all__ = [
     "DeliveryCallback",
     "MetricsBuffer",
+    "WrappedCallback",
     "__version__",
     "reset_logging",
 ]
@@ -125,6 +126,17 @@ class DeliveryCallback:
     def __call__(
         self, error: object | None, _message: object, time_of_produce: float | None = None
     ) -> None: ...
+    def wrap(self, user_callback: Any, time_of_produce: float | None = None) -> WrappedCallback:
+        """arroyo's ``ConfluentProducer.__delivery_callback``, native: the ``on_delivery`` callable
+        for one message, which reports the delivery here, then calls ``user_callback(error,
+        message)`` unless it is None. ``TypeError`` if ``user_callback`` is not callable or None,
+        or if ``time_of_produce`` is missing or not a real number while latency is recorded."""
+
+@final
+class WrappedCallback:
+    """See :meth:`DeliveryCallback.wrap`."""
+
+    def __call__(self, error: object | None, message: object) -> None: ...
 
 def reset_logging() -> None:
     """Forget cached Python loggers (after the application replaced its logger objects)."""

@@ -5,9 +5,11 @@ or any thread calling ``poll()`` / ``flush()``), and count ``arroyo.producer.pro
 status in a dict (2.31.2+), plus one ``arroyo.producer.callback_latency`` sample per delivery in a
 list (2.40.3+), flushed by iterating them. Patched, arroyo's ``__init__`` still runs, then the
 instance's ``__metrics_delivery_callback`` and ``__flush_metrics`` become a native delivery callback
-and the native buffer's ``flush``; ``flush()``, ``produce()`` and the wrapped user callbacks are
-arroyo's own. A subclass that overrides one of those two private methods keeps its override, and
-an overridden ``__flush_metrics`` is what the throttle calls, as in arroyo.
+and the native buffer's ``flush``, and ``__delivery_callback`` (which ``produce()`` calls to wrap
+the user's callback, per message) becomes the native callback's ``wrap``; ``flush()``,
+``produce()`` and the user's callbacks are arroyo's own. A subclass that overrides one of those
+private methods keeps its override (and arroyo's wrapper, which calls it), and an overridden
+``__flush_metrics`` is what the throttle calls, as in arroyo.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .base import (
 PRODUCE_STATUS = "arroyo.producer.produce_status"
 CALLBACK_LATENCY = "arroyo.producer.callback_latency"
 CALLBACK = "_ConfluentProducer__metrics_delivery_callback"
+WRAPPER = "_ConfluentProducer__delivery_callback"
 FLUSH_METRICS = "_ConfluentProducer__flush_metrics"
 LAST_RECORD = "_ConfluentProducer__last_record_time"
 
@@ -143,8 +146,24 @@ def delivery_callback(producer: Any, native: MetricsBuffer, shape: Shape) -> Del
     )
 
 
+def wraps_like_arroyo(cls: type, shape: Shape) -> bool:
+    """Whether arroyo's ``__delivery_callback`` is the wrapper ``DeliveryCallback.wrap`` does natively:
+    ``(user_callback)`` returning a closure that calls ``__metrics_delivery_callback`` and then the
+    user's callback (2.31.2+), with ``time_of_produce`` bound by ``functools.partial`` (2.40.3+). If
+    a later arroyo changes it, arroyo's own wrapper stays (it still calls the native callback)."""
+    wrapper = vars(cls).get(WRAPPER)
+    expected: tuple[str, ...]
+    if shape.latency:
+        expected = ("self", "user_callback", "time_of_produce")
+        uses = {CALLBACK, "user_callback", "partial"}
+    else:
+        expected, uses = ("self", "user_callback"), {CALLBACK, "user_callback"}
+    return params(wrapper) == expected and uses <= names_used(wrapper)
+
+
 def adoption(cls: type, shape: Shape) -> tuple[Make, Bind]:
     """How an instance of `cls` (arroyo's class, or a subclass) gets its native buffer."""
+    native_wrapper = wraps_like_arroyo(cls, shape)
 
     def make(producer: Any) -> MetricsBuffer:
         # A subclass's own __flush_metrics() must be what the throttle calls, as in arroyo: then
@@ -170,7 +189,11 @@ def adoption(cls: type, shape: Shape) -> tuple[Make, Bind]:
             return {}
         bound: dict[str, Any] = {FLUSH_METRICS: native.flush}
         if defined_by(producer, cls, CALLBACK):
-            bound[CALLBACK] = delivery_callback(producer, native, shape).report
+            callback = delivery_callback(producer, native, shape)
+            bound[CALLBACK] = callback.report
+            # arroyo's wrapper calls the method above, so it goes native only along with it.
+            if native_wrapper and defined_by(producer, cls, WRAPPER):
+                bound[WRAPPER] = callback.wrap
         return bound
 
     return make, bind

@@ -1,0 +1,246 @@
+"""arroyo's ConfluentProducer.produce() with the native per-message wrapper (``DeliveryCallback.wrap``
+in place of arroyo's ``__delivery_callback`` closure), on librdkafka's mock cluster: what the user's
+callbacks see and what is emitted are the same as stock arroyo's, and the wrapper holds nothing
+after the delivery."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from helpers import NO_KAFKA
+
+pytest.importorskip("confluent_kafka", reason=NO_KAFKA)
+pytest.importorskip("arroyo", reason=NO_KAFKA)
+
+from arroyo.backends.kafka.consumer import ConfluentProducer
+from confluent_kafka import KafkaError
+
+from arroyo_metrics_buffer import install
+from arroyo_metrics_buffer._native import DeliveryCallback
+from helpers import MOCK_CLUSTER, TARGETS, CallLog, FakeClock, backend, producer_has_latency
+
+pytestmark = pytest.mark.usefixtures("uninstalled")
+
+CALLBACK = "_ConfluentProducer__metrics_delivery_callback"
+WRAPPER = "_ConfluentProducer__delivery_callback"
+TOPIC = "wrapper-topic"
+
+#: (which callback, the error's code or None, the message's value) per user callback call.
+Seen = list[tuple[str, int | None, bytes]]
+
+
+@pytest.fixture
+def log() -> Iterator[CallLog]:
+    with backend(CallLog()) as log:
+        yield log
+
+
+def user(seen: Seen, name: str) -> Callable[[Any, Any], None]:
+    return lambda error, message: seen.append((name, error and error.code(), message.value()))
+
+
+def outcomes(seen: Seen) -> list[tuple[str, str, bytes]]:
+    """What the user's callbacks saw, in an order that does not depend on librdkafka's."""
+    purged = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
+    return sorted(
+        (name, "delivered" if code is None else "purged" if code in purged else f"error {code}", value)
+        for name, code, value in seen
+    )
+
+
+def run_produce_script(log: CallLog) -> tuple[list[tuple[str, str, bytes]], list[Any]]:
+    """Deliveries and purges with every way of passing a callback (none, on_delivery=, callback=,
+    both), under a clock that moves only between batches, so that latencies are exact."""
+    seen: Seen = []
+    clock = FakeClock(3000.0)
+    with mock.patch("time.time", clock):
+        producer = ConfluentProducer(dict(MOCK_CLUSTER, **{"client.id": "wrapper"}))
+        ways: list[dict[str, Any]] = [
+            {},
+            {"on_delivery": user(seen, "on_delivery")},
+            {"callback": user(seen, "callback")},
+            {"callback": user(seen, "callback"), "on_delivery": user(seen, "on_delivery")},
+            {"on_delivery": None},
+        ]
+        for i in range(15):
+            producer.produce(TOPIC, b"a%d" % i, partition=0, **ways[i % len(ways)])
+        clock.now += 0.25
+        assert producer.flush(30) == 0
+        for i in range(10):
+            producer.produce(TOPIC, b"b%d" % i, partition=0, **ways[i % len(ways)])
+        producer.purge()
+        clock.now += 1.5
+        assert producer.flush(30) == 0
+        clock.now += 2.0
+        assert producer.flush(0) == 0
+    calls = list(log.calls)
+    log.calls.clear()
+    return outcomes(seen), calls
+
+
+def test_produce_and_deliver_parity_with_stock_arroyo(log: CallLog) -> None:
+    stock = run_produce_script(log)
+    assert install() == TARGETS
+    ours = run_produce_script(log)
+    assert ours == stock
+    seen, calls = ours
+    ways = ["", "on_delivery", "callback", "callback", ""]
+    assert seen == sorted(
+        [(ways[i % 5], "delivered", b"a%d" % i) for i in range(15) if ways[i % 5]]
+        + [(ways[i % 5], "purged", b"b%d" % i) for i in range(10) if ways[i % 5]]
+    )
+    emitted = CallLog()
+    emitted.calls = calls
+    assert emitted.statuses() == {"success": 15, "error": 10}
+    if producer_has_latency():
+        assert sorted(v for v, _ in emitted.named("timing", "arroyo.producer.callback_latency")) == (
+            [0.25] * 15 + [1.5] * 10
+        )
+
+
+def test_arroyos_class_gets_the_native_wrapper_of_its_native_callback() -> None:
+    assert install() == TARGETS
+    producer = ConfluentProducer(MOCK_CLUSTER)
+    callback, wrapper = vars(producer)[CALLBACK], vars(producer)[WRAPPER]
+    assert isinstance(callback.__self__, DeliveryCallback)
+    assert wrapper.__self__ is callback.__self__
+    assert wrapper.__name__ == "wrap"
+
+
+def test_a_subclass_overriding_the_metrics_callback_keeps_arroyos_wrapper_calling_it() -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    class Counting(ConfluentProducer):
+        def _ConfluentProducer__metrics_delivery_callback(self, *args: Any) -> None:
+            calls.append(args[:1] + args[2:])
+
+    assert install() == TARGETS
+    producer = Counting(MOCK_CLUSTER)
+    assert WRAPPER not in vars(producer)
+    with mock.patch("time.time", FakeClock(500.0)):
+        producer.produce(TOPIC, b"x", partition=0)
+        assert producer.flush(30) == 0
+    assert calls == [(None, 500.0) if producer_has_latency() else (None,)]
+
+
+def test_a_subclass_overriding_the_wrapper_keeps_its_override() -> None:
+    wrapped: list[Any] = []
+
+    class Wrapping(ConfluentProducer):
+        def _ConfluentProducer__delivery_callback(self, user_callback: Any, *rest: Any) -> Any:
+            wrapped.append(user_callback)
+            return super()._ConfluentProducer__delivery_callback(user_callback, *rest)
+
+    assert install() == TARGETS
+    producer = Wrapping(MOCK_CLUSTER)
+    assert WRAPPER not in vars(producer)
+    seen: Seen = []
+    on_delivery = user(seen, "on_delivery")
+    producer.produce(TOPIC, b"x", partition=0, on_delivery=on_delivery)
+    assert producer.flush(30) == 0
+    assert (wrapped, seen) == ([on_delivery], [("on_delivery", None, b"x")])
+
+
+def run_raising_user_callback(log: CallLog) -> tuple[list[str], Any]:
+    """A user callback that raises: confluent-kafka raises it from flush(); the delivery was counted."""
+
+    def failing(error: Any, message: Any) -> None:
+        raise ValueError(f"user callback failed on {message.value()!r}")
+
+    producer = ConfluentProducer(dict(MOCK_CLUSTER, **{"client.id": "raising"}))
+    producer.produce(TOPIC, b"x", partition=0, on_delivery=failing)
+    producer.produce(TOPIC, b"y", partition=0)
+    raised = []
+    while True:
+        try:
+            assert producer.flush(30) == 0
+            break
+        except ValueError as e:
+            raised.append(str(e))
+    assert producer.flush(0) == 0
+    statuses = log.statuses()
+    log.calls.clear()
+    return raised, statuses
+
+
+def test_a_raising_user_callback_raises_as_in_stock_arroyo_and_its_delivery_counts(log: CallLog) -> None:
+    stock = run_raising_user_callback(log)
+    assert install() == TARGETS
+    assert run_raising_user_callback(log) == stock == (["user callback failed on b'x'"], {"success": 2})
+
+
+def test_a_callback_that_is_not_callable_is_refused_at_produce(log: CallLog) -> None:
+    """Stock arroyo accepts it and raises from the poll that delivers it, after the message went
+    out; patched, produce() refuses it, names it, and nothing is produced or counted."""
+    assert install() == TARGETS
+    producer = ConfluentProducer(dict(MOCK_CLUSTER, **{"client.id": "refused"}))
+    native = vars(producer)["_arroyo_metrics_buffer"]
+    with pytest.raises(
+        TypeError, match=r"'user_callback' must be callable or None \(the callback= or on_delivery="
+    ):
+        producer.produce(TOPIC, b"x", partition=0, callback=42)
+    assert (len(producer), native.pending()) == (0, [])
+    assert producer.flush(30) == 0
+    assert log.statuses() == {}
+
+
+def test_the_wrapper_holds_the_user_callback_until_its_delivery_only() -> None:
+    assert install() == TARGETS
+    producer = ConfluentProducer(MOCK_CLUSTER)
+    seen: Seen = []
+    on_delivery = user(seen, "on_delivery")
+    before = sys.getrefcount(on_delivery)
+    for i in range(50):
+        producer.produce(TOPIC, b"%d" % i, partition=0, on_delivery=on_delivery)
+    assert sys.getrefcount(on_delivery) == before + 50
+    assert producer.flush(30) == 0
+    assert len(seen) == 50
+    assert sys.getrefcount(on_delivery) == before
+
+
+def test_a_cycle_through_the_user_callback_is_collected() -> None:
+    assert install() == TARGETS
+    producer = ConfluentProducer(MOCK_CLUSTER)
+
+    class Keeper:
+        wrapper: Any = None
+
+        def __call__(self, error: Any, message: Any) -> None:
+            pass
+
+    keeper = Keeper()
+    keeper.wrapper = producer._ConfluentProducer__delivery_callback(
+        keeper, *([1.0] if producer_has_latency() else [])
+    )
+    collected = []
+    weakref.finalize(keeper, lambda: collected.append(True))
+    del keeper
+    gc.collect()
+    assert collected == [True]
+
+
+def test_an_unknown_wrapper_shape_keeps_arroyos_wrapper() -> None:
+    from arroyo_metrics_buffer.targets.producer import COUNTERS, COUNTERS_AND_LATENCY, wraps_like_arroyo
+
+    shape = COUNTERS_AND_LATENCY if producer_has_latency() else COUNTERS
+    assert wraps_like_arroyo(ConfluentProducer, shape)
+
+    class Later(ConfluentProducer):
+        def _ConfluentProducer__delivery_callback(
+            self, user_callback: Any, time_of_produce: float, extra: Any
+        ) -> Any:
+            return self._ConfluentProducer__metrics_delivery_callback
+
+    class Unrelated(ConfluentProducer):
+        def _ConfluentProducer__delivery_callback(self, user_callback: Any, *rest: Any) -> Any:
+            return user_callback
+
+    assert not wraps_like_arroyo(Later, shape)
+    assert not wraps_like_arroyo(Unrelated, shape)
