@@ -12,6 +12,8 @@ const MINIMUM: PythonVersion = PythonVersion {
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
+    // `cfg(Py_3_12)` and the like, as pyo3 itself has them (src/clock.rs uses one).
+    pyo3_build_config::use_pyo3_cfgs();
     let config = pyo3_build_config::get();
     let (implementation, version) = (config.implementation(), config.version());
     if implementation != PythonImplementation::CPython {

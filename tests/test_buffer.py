@@ -526,3 +526,43 @@ def test_failures_keep_at_most_max_samples() -> None:
     assert (kind, count) == ("sample", 100)
     assert buf.dropped_samples == 5 * 60 - 100
     assert buf.flush_errors == 5
+
+
+def clock_seen(recorder: Recorder) -> float:
+    """What the buffer's clock reads now: a latency sample of `now - 0.0`."""
+    buf = MetricsBuffer(recorder, frequency_sec=3600)
+    buf.delivery_callback("c", None, None, "latency").report(None, None, 0.0)
+    [(_, _, _, value, _)] = [p for p in buf.pending() if p[0] == "sample"]
+    return float(value)
+
+
+def test_the_clock_follows_time_time_as_it_is_replaced_and_restored(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import time_machine
+
+    def real() -> None:
+        before, seen, after = time.time(), clock_seen(recorder), time.time()
+        assert before <= seen <= after
+
+    real()
+    real()  # the second read takes the fast path on 3.12+, if the first found the builtin
+    with mock.patch("time.time", lambda: 1000.0):
+        assert clock_seen(recorder) == 1000.0
+    real()
+    monkeypatch.setattr(time, "time", lambda: 2000.0)
+    assert clock_seen(recorder) == 2000.0
+    monkeypatch.undo()
+    real()
+    real()
+    with mock.patch("time.time", lambda: 3000.0):
+        assert clock_seen(recorder) == 3000.0
+    real()
+    with time_machine.travel(5000.0, tick=False):  # swaps the builtin's C function, not the name
+        assert clock_seen(recorder) == 5000.0
+    real()
+    time.zzz_other_name = 1  # type: ignore[attr-defined]  # an unrelated change to the namespace
+    del time.zzz_other_name  # type: ignore[attr-defined]
+    real()
