@@ -1,7 +1,5 @@
 //! `time.time()` as arroyo's own buffer would see it, without the Python call when it can.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -15,10 +13,6 @@ struct Clock {
     /// The builtin and its C function; `None` if `time.time` was already replaced at import
     /// (then it is always called).
     builtin: Option<(Py<PyAny>, usize)>,
-    /// Whether CPython tells us of every change to `namespace` (3.12+, see `watch`).
-    watched: bool,
-    /// `watch::CHANGES` when `time.time` was last found to be the builtin (`u64::MAX`: never).
-    verified: AtomicU64,
 }
 
 static CLOCK: PyOnceLock<Clock> = PyOnceLock::new();
@@ -48,31 +42,44 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
         (time.unbind(), function)
     });
     let namespace = module.dict();
+    if let Some((builtin, _)) = &builtin {
+        watch::start(&namespace, builtin.bind(py));
+    }
     let _ = CLOCK.set(
         py,
         Clock {
-            watched: builtin.is_some() && watch::namespace(&namespace),
             namespace: namespace.unbind(),
             module: module.unbind(),
             builtin,
-            verified: AtomicU64::new(u64::MAX),
         },
     );
     Ok(())
 }
 
-/// Changes to the `time` module's namespace, counted by a CPython dict watcher (3.12+), so that
-/// `now()` looks `time.time` up again only after something replaced or restored it.
+/// Whether the `time` module's `time` is still its builtin, as CPython's dict watcher (3.12+)
+/// tells on every change to that namespace, so that `now()` need not look it up.
+///
+/// CPython calls a watcher *before* the change takes place, so the answer is decided from the
+/// change itself (the name and the new value), never by looking the name up: a lookup made
+/// between the call and the change would see the old value.
 #[cfg(Py_3_12)]
 mod watch {
     use std::os::raw::c_int;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::ptr;
+    use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
     use pyo3::ffi;
     use pyo3::prelude::*;
     use pyo3::types::PyDict;
 
-    pub(super) static CHANGES: AtomicU64 = AtomicU64::new(0);
+    /// The builtin (kept alive by `Clock`).
+    static BUILTIN: AtomicPtr<ffi::PyObject> = AtomicPtr::new(ptr::null_mut());
+    static IN_PLACE: AtomicBool = AtomicBool::new(false);
+
+    // `PyDict_WatchEvent`, a C enum passed as an int, in CPython's order (3.12-3.14).
+    const ADDED: c_int = 0;
+    const MODIFIED: c_int = 1;
+    const DELETED: c_int = 2;
 
     type Callback = unsafe extern "C" fn(
         c_int,
@@ -82,48 +89,64 @@ mod watch {
     ) -> c_int;
 
     extern "C" {
-        // CPython's public API since 3.12; pyo3-ffi leaves it out (`PyDict_WatchEvent` is a C enum,
-        // passed as an int).
+        // CPython's public API since 3.12, which pyo3-ffi leaves out.
         fn PyDict_AddWatcher(callback: Callback) -> c_int;
     }
 
-    /// Runs inside every change to the watched dict: it must not fail or call into Python.
+    /// `key` is the str "time". Reads only: a watcher must not change anything.
+    unsafe fn is_time(key: *mut ffi::PyObject) -> bool {
+        !key.is_null()
+            && ffi::PyUnicode_Check(key) != 0
+            && ffi::PyUnicode_CompareWithASCIIString(key, c"time".as_ptr()) == 0
+    }
+
+    /// Runs inside every change to the namespace: no failure, no call into Python.
     unsafe extern "C" fn changed(
-        _event: c_int,
+        event: c_int,
         _dict: *mut ffi::PyObject,
-        _key: *mut ffi::PyObject,
-        _new_value: *mut ffi::PyObject,
+        key: *mut ffi::PyObject,
+        new_value: *mut ffi::PyObject,
     ) -> c_int {
-        CHANGES.fetch_add(1, Ordering::SeqCst);
+        let in_place = match event {
+            ADDED | MODIFIED if is_time(key) => new_value == BUILTIN.load(Ordering::SeqCst),
+            DELETED if is_time(key) => false,
+            ADDED | MODIFIED | DELETED => return 0, // another name
+            _ => false,                             // cloned, cleared or deallocated
+        };
+        IN_PLACE.store(in_place, Ordering::SeqCst);
         0
     }
 
-    /// Watches `namespace`; false if CPython has no dict watcher left (then `now()` looks
-    /// `time.time` up on every call, as before 3.12).
-    pub(super) fn namespace(namespace: &Bound<'_, PyDict>) -> bool {
+    /// Watches `namespace`, whose `time` is `builtin` now. If CPython has no watcher left,
+    /// `in_place()` stays false and `now()` looks `time.time` up on every call.
+    pub(super) fn start(namespace: &Bound<'_, PyDict>, builtin: &Bound<'_, PyAny>) {
+        BUILTIN.store(builtin.as_ptr(), Ordering::SeqCst);
         // SAFETY: called with the GIL held (module import), on a live dict; an error is cleared
         // here, so none is left pending.
         unsafe {
             let id = PyDict_AddWatcher(changed);
             if id < 0 || ffi::PyDict_Watch(id, namespace.as_ptr()) < 0 {
                 ffi::PyErr_Clear();
-                return false;
+                return;
             }
         }
-        true
+        IN_PLACE.store(true, Ordering::SeqCst);
+    }
+
+    pub(super) fn in_place() -> bool {
+        IN_PLACE.load(Ordering::SeqCst)
     }
 }
 
+/// Before 3.12 there are no dict watchers: `now()` looks `time.time` up on every call.
 #[cfg(not(Py_3_12))]
 mod watch {
-    use std::sync::atomic::AtomicU64;
-
     use pyo3::prelude::*;
     use pyo3::types::PyDict;
 
-    pub(super) static CHANGES: AtomicU64 = AtomicU64::new(0);
+    pub(super) fn start(_namespace: &Bound<'_, PyDict>, _builtin: &Bound<'_, PyAny>) {}
 
-    pub(super) fn namespace(_namespace: &Bound<'_, PyDict>) -> bool {
+    pub(super) fn in_place() -> bool {
         false
     }
 }
@@ -144,19 +167,13 @@ fn realtime() -> Option<f64> {
 /// `time.time()` as it is at call time, so that `mock.patch("time.time")`, freezegun and
 /// time-machine set the clock for this buffer as for arroyo's own. While `time.time` is still the
 /// builtin with its own C function, the same clock (CLOCK_REALTIME) is read without the Python
-/// call (see `realtime`). On 3.12+ the `time` namespace is looked up only after it changed (a dict
-/// watcher counts changes); on 3.11, on every call.
+/// call (see `realtime`). On 3.12+ the name is looked up only while the dict watcher says it is
+/// not the builtin; on 3.11, on every call.
 pub(crate) fn now(py: Python<'_>) -> PyResult<f64> {
     let clock = CLOCK.get(py).expect("clock::init runs at module import");
-    // Read before the lookup: a change after it makes the fast path below miss next time.
-    let changes = watch::CHANGES.load(Ordering::SeqCst);
     if let Some((builtin, function)) = &clock.builtin {
-        // The namespace has not changed since `time.time` was the builtin: only time-machine's
-        // swap of the C function inside it is left to check.
-        if clock.watched
-            && clock.verified.load(Ordering::SeqCst) == changes
-            && c_function(builtin.bind(py)) == *function
-        {
+        // The name is known to be the builtin: only time-machine's swap inside it is left.
+        if watch::in_place() && c_function(builtin.bind(py)) == *function {
             if let Some(now) = realtime() {
                 return Ok(now);
             }
@@ -168,9 +185,6 @@ pub(crate) fn now(py: Python<'_>) -> PyResult<f64> {
     };
     if let Some((builtin, function)) = &clock.builtin {
         if time.is(builtin) && c_function(&time) == *function {
-            if clock.watched {
-                clock.verified.store(changes, Ordering::SeqCst);
-            }
             if let Some(now) = realtime() {
                 return Ok(now);
             }
