@@ -88,6 +88,21 @@ pub(crate) fn real(
     Err(type_error(function, arg, "a real number", obj))
 }
 
+/// A time in seconds: whatever `float()` takes. arroyo subtracts `time_of_produce` from
+/// `time.time()`, which works for what a test's `mock.patch("time.time")` returns (a `MagicMock`,
+/// whose `float()` is 1.0), so refusing that would raise where arroyo does not.
+pub(crate) fn seconds(
+    function: &'static str,
+    arg: &'static str,
+    obj: &Bound<'_, PyAny>,
+) -> PyResult<f64> {
+    if let Ok(f) = obj.cast::<PyFloat>() {
+        return Ok(f.value());
+    }
+    obj.extract::<f64>()
+        .map_err(|_| type_error(function, arg, "a number of seconds", obj))
+}
+
 /// `None`, or a mapping of `str` to `str`, as owned pairs in the mapping's order.
 pub(crate) fn tags(
     function: &'static str,

@@ -4,7 +4,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 use pyo3::PyTraverseError;
 
 use crate::buffer::MetricsBufferPy;
@@ -20,10 +20,10 @@ const F_WRAP: &str = "DeliveryCallback.wrap";
 /// time_of_produce` under `latency_tags`; both atomically, then the throttled flush, so a flush it
 /// triggers has both of its values.
 ///
-/// It takes part in garbage collection (`__traverse__`) but has no `__clear__`: its one reference,
-/// to its buffer, never changes, and every cycle through it goes on through the buffer's
-/// reference to its backend, which the buffer's `__clear__` drops (the rule pyo3's guide gives).
-/// So the hot path reads the buffer without a lock.
+/// It takes part in garbage collection (`__traverse__`) but has no `__clear__`: its references, to
+/// its buffer and (weakly) to its owner, never change, and every cycle through it goes on through
+/// the buffer's reference to its backend, which the buffer's `__clear__` drops (the rule pyo3's
+/// guide gives). So the hot path reads the buffer without a lock.
 #[pyclass(
     name = "DeliveryCallback",
     module = "arroyo_metrics_buffer._native",
@@ -32,6 +32,9 @@ const F_WRAP: &str = "DeliveryCallback.wrap";
 )]
 pub struct DeliveryCallbackPy {
     buffer: Py<MetricsBufferPy>,
+    /// What each wrapper keeps alive until its delivery (a weak reference here, so that the owner
+    /// holding this callback makes no cycle).
+    owner: Option<Py<PyWeakrefReference>>,
     counter: Box<str>,
     success_tags: Tags,
     error_tags: Tags,
@@ -46,10 +49,22 @@ impl DeliveryCallbackPy {
         buffer: &Bound<'_, MetricsBufferPy>,
         counter: &Bound<'_, PyAny>,
         [success_tags, error_tags]: [Option<&Bound<'_, PyAny>>; 2],
-        latency: Option<&Bound<'_, PyAny>>,
-        latency_tags: Option<&Bound<'_, PyAny>>,
+        [latency, latency_tags]: [Option<&Bound<'_, PyAny>>; 2],
+        owner: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         const F: &str = "delivery_callback";
+        let owner = match owner.filter(|o| !o.is_none()) {
+            Some(o) => Some(
+                PyWeakrefReference::new(o)
+                    .map_err(|e| {
+                        PyTypeError::new_err(format!(
+                            "{F}() argument 'owner' must take weak references: {e}"
+                        ))
+                    })?
+                    .unbind(),
+            ),
+            None => None,
+        };
         let latency = match latency.filter(|l| !l.is_none()) {
             Some(l) => Some(Key::new(
                 args::name(F, "latency", l)?,
@@ -63,6 +78,7 @@ impl DeliveryCallbackPy {
         let core = &buffer.get().shared.core;
         Ok(DeliveryCallbackPy {
             buffer: buffer.clone().unbind(),
+            owner,
             hashes: [
                 core.prehash(Kind::Counter, &counter, &success_tags),
                 core.prehash(Kind::Counter, &counter, &error_tags),
@@ -123,7 +139,11 @@ impl DeliveryCallbackPy {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.buffer)
+        visit.call(&self.buffer)?;
+        if let Some(owner) = &self.owner {
+            visit.call(owner)?;
+        }
+        Ok(())
     }
 
     /// Same as calling it; a bound method is a faster callable (vectorcall) than the object.
@@ -136,7 +156,9 @@ impl DeliveryCallbackPy {
         time_of_produce: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let produced = match time_of_produce {
-            Some(t) if self.latency.is_some() => Some(args::real(F_REPORT, "time_of_produce", t)?),
+            Some(t) if self.latency.is_some() => {
+                Some(args::seconds(F_REPORT, "time_of_produce", t)?)
+            }
             _ => None,
         };
         self.count(py, error, produced)
@@ -165,14 +187,19 @@ impl DeliveryCallbackPy {
             .into());
         };
         let produced = match (time_of_produce, &slf.get().latency) {
-            (Some(t), Some(_)) => Some(args::real(F_WRAP, "time_of_produce", t)?),
+            (Some(t), Some(_)) => Some(args::seconds(F_WRAP, "time_of_produce", t)?),
             (None, Some(_)) => return Err(missing_time_of_produce(F_WRAP)),
             (_, None) => None,
+        };
+        let owner = match &slf.get().owner {
+            Some(owner) => owner.bind(slf.py()).upgrade().map(Bound::unbind),
+            None => None,
         };
         Ok(WrappedCallbackPy {
             callback: slf.clone().unbind(),
             user,
             produced,
+            owner,
         })
     }
 
@@ -214,6 +241,9 @@ pub struct WrappedCallbackPy {
     callback: Py<DeliveryCallbackPy>,
     user: Option<Py<PyAny>>,
     produced: Option<f64>,
+    /// The callback's owner (the producer), kept alive until this delivery as arroyo's closure
+    /// keeps it: a producer dropped with messages in flight is not destroyed under them.
+    owner: Option<Py<PyAny>>,
 }
 
 #[pymethods]
@@ -233,8 +263,8 @@ impl WrappedCallbackPy {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.callback)?;
-        if let Some(user) = &self.user {
-            visit.call(user)?;
+        for reference in [&self.user, &self.owner].into_iter().flatten() {
+            visit.call(reference)?;
         }
         Ok(())
     }

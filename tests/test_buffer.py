@@ -312,7 +312,7 @@ def test_a_raising_user_callback_propagates_after_its_delivery_is_counted(record
         ((None,), r"DeliveryCallback.wrap\(\) missing required argument 'time_of_produce'"),
         (
             (None, "1.0"),
-            r"DeliveryCallback.wrap\(\) argument 'time_of_produce' must be a real number, not str",
+            r"DeliveryCallback.wrap\(\) argument 'time_of_produce' must be a number of seconds, not str",
         ),
     ],
 )
@@ -566,3 +566,28 @@ def test_the_clock_follows_time_time_as_it_is_replaced_and_restored(
     time.zzz_other_name = 1  # type: ignore[attr-defined]  # an unrelated change to the namespace
     del time.zzz_other_name  # type: ignore[attr-defined]
     real()
+
+
+def test_the_clock_is_not_fooled_by_a_read_between_the_watcher_and_the_change(recorder: Recorder) -> None:
+    """CPython calls dict watchers before the change lands. Another extension's watcher that fails
+    makes CPython run sys.unraisablehook right there: a clock read from it sees the old value, and
+    must not make later reads miss the change."""
+    import time
+
+    testcapi = pytest.importorskip("_testcapi", reason="needs CPython's _testcapi")
+    if not hasattr(testcapi, "add_dict_watcher"):
+        pytest.skip("dict watchers are CPython 3.12+")
+    seen_in_hook: list[float] = []
+    watcher = testcapi.add_dict_watcher(1)  # one that raises, so the hook runs inside the change
+    testcapi.watch_dict(watcher, vars(time))
+    try:
+        with mock.patch("sys.unraisablehook", lambda _: seen_in_hook.append(clock_seen(recorder))):
+            clock_seen(recorder)
+            with mock.patch("time.time", lambda: 1000.0):
+                assert clock_seen(recorder) == 1000.0
+                assert clock_seen(recorder) == 1000.0
+            assert 1000.0 < clock_seen(recorder) <= time.time()
+    finally:
+        testcapi.unwatch_dict(watcher, vars(time))
+        testcapi.clear_dict_watcher(watcher)
+    assert len(seen_in_hook) >= 2  # it did read the clock inside the changes

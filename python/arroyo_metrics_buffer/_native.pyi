@@ -109,10 +109,14 @@ class MetricsBuffer:
         error_tags: Mapping[str, str] | None,
         latency: str | None = None,
         latency_tags: Mapping[str, str] | None = None,
+        *,
+        owner: object | None = None,
     ) -> DeliveryCallback:
         """A callable for confluent-kafka delivery reports that counts ``counter`` under
         ``success_tags`` or ``error_tags`` and, with ``latency``, records a ``latency`` sample of
-        ``time.time() - time_of_produce``, both at once, then does the throttled flush."""
+        ``time.time() - time_of_produce``, both at once, then does the throttled flush. Each
+        wrapper from its ``wrap`` keeps ``owner`` (held here by a weak reference) alive until its
+        delivery, as arroyo's per-message closure keeps its producer alive."""
 
 @final
 class DeliveryCallback:

@@ -143,6 +143,9 @@ def delivery_callback(producer: Any, native: MetricsBuffer, shape: Shape) -> Del
         status_tags(name, "error"),
         CALLBACK_LATENCY if shape.latency else None,
         latency_tags(name) if shape.latency else None,
+        # arroyo's per-message closure holds the producer until the delivery, so a producer
+        # dropped with messages in flight is not destroyed under them; each native wrapper too.
+        owner=producer,
     )
 
 
