@@ -10,7 +10,7 @@ use crate::errors::Error;
 
 static NUMBERS_REAL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type()
         .name()
         .map_or_else(|_| "?".to_owned(), |n| n.to_string())

@@ -248,8 +248,7 @@ impl MetricsBufferPy {
     }
 
     /// A callable for confluent-kafka delivery reports: see `DeliveryCallback`.
-    #[pyo3(signature = (counter, success_tags, error_tags, latency=None, latency_tags=None, *, owner=None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (counter, success_tags, error_tags, latency=None, latency_tags=None))]
     fn delivery_callback(
         slf: &Bound<'_, Self>,
         counter: &Bound<'_, PyAny>,
@@ -257,14 +256,13 @@ impl MetricsBufferPy {
         error_tags: Option<&Bound<'_, PyAny>>,
         latency: Option<&Bound<'_, PyAny>>,
         latency_tags: Option<&Bound<'_, PyAny>>,
-        owner: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<DeliveryCallbackPy> {
         DeliveryCallbackPy::new(
             slf,
             counter,
             [success_tags, error_tags],
-            [latency, latency_tags],
-            owner,
+            latency,
+            latency_tags,
         )
     }
 

@@ -49,7 +49,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<buffer::MetricsBufferPy>()?;
     m.add_class::<callback::DeliveryCallbackPy>()?;
-    m.add_class::<callback::WrappedCallbackPy>()?;
     m.add_function(wrap_pyfunction!(reset_logging, m)?)?;
     Ok(())
 }

@@ -266,64 +266,20 @@ def test_real_numbers_are_accepted(recorder: Recorder) -> None:
     assert recorder.calls == [("timing", "t", 2.25, None), ("increment", "c", 1, None)]
 
 
-def test_a_wrapped_delivery_is_counted_before_the_user_callback_runs(recorder: Recorder) -> None:
+def test_a_delivery_report_takes_time_of_produce_as_float_does(recorder: Recorder) -> None:
+    """As arroyo's `time.time() - time_of_produce`: a bare mock.patch("time.time") gives a MagicMock,
+    whose float() is 1.0; a str is refused, naming the argument, and nothing is counted."""
     buf = MetricsBuffer(recorder, frequency_sec=60)
-    callback = buf.delivery_callback("status", {"s": "ok"}, {"s": "error"}, "latency", {"p": "x"})
-    seen: list[tuple[Any, Any, list[Any]]] = []
-
-    def user(error: Any, message: Any) -> None:
-        seen.append((error, message, buf.pending()))
-
-    with mock.patch("time.time", FakeClock(1000.0)):
-        wrapped = callback.wrap(user, 999.75)
-        assert wrapped("broken", "m1") is None
-        callback.wrap(None, 1000.0)(None, "m2")
-    assert seen == [
-        (
-            "broken",
-            "m1",
-            [("counter", "status", {"s": "error"}, 1, 1), ("sample", "latency", {"p": "x"}, 0.25, 1)],
-        )
-    ]
-    assert buf.pending() == [
-        ("counter", "status", {"s": "error"}, 1, 1),
-        ("counter", "status", {"s": "ok"}, 1, 1),
-        ("sample", "latency", {"p": "x"}, 0.25, 2),
-    ]
-
-
-def test_a_raising_user_callback_propagates_after_its_delivery_is_counted(recorder: Recorder) -> None:
-    buf = MetricsBuffer(recorder)
-    callback = buf.delivery_callback("status", None, None)
-
-    def failing(error: Any, message: Any) -> None:
-        raise ValueError(f"user callback failed on {message}")
-
-    wrapped = callback.wrap(failing, 5.0)  # no latency kept: time_of_produce is not needed
-    with pytest.raises(ValueError, match="user callback failed on m1"):
-        wrapped(None, "m1")
-    assert buf.pending() == [("counter", "status", None, 1, 1)]
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        ((42, 1.0), r"DeliveryCallback.wrap\(\) argument 'user_callback' must be callable or None"),
-        ((None,), r"DeliveryCallback.wrap\(\) missing required argument 'time_of_produce'"),
-        (
-            (None, "1.0"),
-            r"DeliveryCallback.wrap\(\) argument 'time_of_produce' must be a number of seconds, not str",
-        ),
-    ],
-)
-def test_bad_wrap_arguments_are_refused_and_change_nothing(
-    recorder: Recorder, args: tuple[Any, ...], message: str
-) -> None:
-    buf = MetricsBuffer(recorder)
     callback = buf.delivery_callback("status", None, None, "latency")
-    with pytest.raises(TypeError, match=message):
-        callback.wrap(*args)
+    with pytest.raises(
+        TypeError, match=r"report\(\) argument 'time_of_produce' must be a number of seconds, not str"
+    ):
+        callback.report(None, None, "999.0")
     assert buf.pending() == []
+    with mock.patch("time.time", FakeClock(1000.0)):
+        callback.report(None, None, mock.MagicMock())
+        callback.report(None, None, 999.75)
+    assert buf.pending() == [("counter", "status", None, 2, 2), ("sample", "latency", None, 999.25, 2)]
 
 
 @pytest.mark.parametrize(

@@ -90,10 +90,6 @@ TRIGGERS: dict[str, tuple[Callable[[MetricsBuffer], None], list[tuple[str, str, 
         lambda buf: buf.delivery_callback("d", {"s": "ok"}, {"s": "error"})(None, None),
         [("increment", "c", 2, None), ("increment", "d", 1, {"s": "ok"})],
     ),
-    "wrapped delivery_callback": (
-        lambda buf: buf.delivery_callback("d", {"s": "ok"}, {"s": "error"}).wrap(None)(None, None),
-        [("increment", "c", 2, None), ("increment", "d", 1, {"s": "ok"})],
-    ),
 }
 
 

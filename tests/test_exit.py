@@ -220,6 +220,6 @@ def test_values_of_idle_daemon_threads_are_emitted_once_at_exit() -> None:
 
 def test_the_native_module_exposes_only_its_api() -> None:
     names = {name for name in vars(_native) if not (name.startswith("__") and name.endswith("__"))}
-    assert names == {"DeliveryCallback", "MetricsBuffer", "WrappedCallback", "reset_logging"}
+    assert names == {"DeliveryCallback", "MetricsBuffer", "reset_logging"}
     assert isinstance(_native.__version__, str)
     assert not hasattr(_native, "_after_fork_in_child")

@@ -32,7 +32,6 @@ CYCLES: dict[str, Callable[[MetricsBuffer], Any]] = {
     "the buffer": lambda buf: buf,
     "its delivery callback": lambda buf: buf.delivery_callback("c", {"s": "ok"}, {"s": "error"}),
     "its bound flush": lambda buf: buf.flush,
-    "a wrapper of its delivery callback": lambda buf: buf.delivery_callback("c", None, None).wrap(print),
 }
 
 

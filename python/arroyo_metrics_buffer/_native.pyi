@@ -7,7 +7,6 @@ from typing import Any, Literal, SupportsFloat, final
 __all__ = [
     "DeliveryCallback",
     "MetricsBuffer",
-    "WrappedCallback",
     "__version__",
     "reset_logging",
 ]
@@ -109,14 +108,10 @@ class MetricsBuffer:
         error_tags: Mapping[str, str] | None,
         latency: str | None = None,
         latency_tags: Mapping[str, str] | None = None,
-        *,
-        owner: object | None = None,
     ) -> DeliveryCallback:
         """A callable for confluent-kafka delivery reports that counts ``counter`` under
         ``success_tags`` or ``error_tags`` and, with ``latency``, records a ``latency`` sample of
-        ``time.time() - time_of_produce``, both at once, then does the throttled flush. Each
-        wrapper from its ``wrap`` keeps ``owner`` (held here by a weak reference) alive until its
-        delivery, as arroyo's per-message closure keeps its producer alive."""
+        ``time.time() - time_of_produce``, both at once, then does the throttled flush."""
 
 @final
 class DeliveryCallback:
@@ -130,17 +125,6 @@ class DeliveryCallback:
     def __call__(
         self, error: object | None, _message: object, time_of_produce: float | None = None
     ) -> None: ...
-    def wrap(self, user_callback: Any, time_of_produce: float | None = None) -> WrappedCallback:
-        """arroyo's ``ConfluentProducer.__delivery_callback``, native: the ``on_delivery`` callable
-        for one message, which reports the delivery here, then calls ``user_callback(error,
-        message)`` unless it is None. ``TypeError`` if ``user_callback`` is not callable or None,
-        or if ``time_of_produce`` is missing or not a real number while latency is recorded."""
-
-@final
-class WrappedCallback:
-    """See :meth:`DeliveryCallback.wrap`."""
-
-    def __call__(self, error: object | None, message: object) -> None: ...
 
 def reset_logging() -> None:
     """Forget cached Python loggers (after the application replaced its logger objects)."""

@@ -6,8 +6,9 @@ status in a dict (2.31.2+), plus one ``arroyo.producer.callback_latency`` sample
 list (2.40.3+), flushed by iterating them. Patched, arroyo's ``__init__`` still runs, then the
 instance's ``__metrics_delivery_callback`` and ``__flush_metrics`` become a native delivery callback
 and the native buffer's ``flush``, and ``__delivery_callback`` (which ``produce()`` calls to wrap
-the user's callback, per message) becomes the native callback's ``wrap``; ``flush()``,
-``produce()`` and the user's callbacks are arroyo's own. A subclass that overrides one of those
+the user's callback, per message) makes a ``functools.partial`` of a plain function instead of a
+closure and a partial (see `wrapper`); ``flush()``, ``produce()`` and the user's callbacks are
+arroyo's own. A subclass that overrides one of those
 private methods keeps its override (and arroyo's wrapper, which calls it), and an overridden
 ``__flush_metrics`` is what the throttle calls, as in arroyo.
 """
@@ -17,7 +18,9 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from .._native import DeliveryCallback, MetricsBuffer
@@ -143,17 +146,14 @@ def delivery_callback(producer: Any, native: MetricsBuffer, shape: Shape) -> Del
         status_tags(name, "error"),
         CALLBACK_LATENCY if shape.latency else None,
         latency_tags(name) if shape.latency else None,
-        # arroyo's per-message closure holds the producer until the delivery, so a producer
-        # dropped with messages in flight is not destroyed under them; each native wrapper too.
-        owner=producer,
     )
 
 
 def wraps_like_arroyo(cls: type, shape: Shape) -> bool:
-    """Whether arroyo's ``__delivery_callback`` is the wrapper ``DeliveryCallback.wrap`` does natively:
-    ``(user_callback)`` returning a closure that calls ``__metrics_delivery_callback`` and then the
-    user's callback (2.31.2+), with ``time_of_produce`` bound by ``functools.partial`` (2.40.3+). If
-    a later arroyo changes it, arroyo's own wrapper stays (it still calls the native callback)."""
+    """Whether arroyo's ``__delivery_callback`` is the wrapper `wrapper` replaces: ``(user_callback)``
+    returning a closure that calls ``__metrics_delivery_callback`` and then the user's callback
+    (2.31.2+), with ``time_of_produce`` bound by ``functools.partial`` (2.40.3+). If a later arroyo
+    changes it, arroyo's own wrapper stays (it still calls the native callback)."""
     wrapper = vars(cls).get(WRAPPER)
     expected: tuple[str, ...]
     if shape.latency:
@@ -164,9 +164,59 @@ def wraps_like_arroyo(cls: type, shape: Shape) -> bool:
     return params(wrapper) == expected and uses <= names_used(wrapper)
 
 
+def deliver(
+    report: Callable[..., None], user_callback: Any, _producer: Any, error: Any, message: Any
+) -> None:
+    """arroyo's per-message ``wrapped`` closure (2.31.2-2.40.1), as a plain function."""
+    report(error, message)
+    if user_callback is not None:
+        user_callback(error, message)
+
+
+def deliver_with_latency(
+    report: Callable[..., None],
+    user_callback: Any,
+    _producer: Any,
+    time_of_produce: float,
+    error: Any,
+    message: Any,
+) -> None:
+    """arroyo's per-message ``wrapped`` closure (2.40.3+), as a plain function."""
+    report(error, message, time_of_produce)
+    if user_callback is not None:
+        user_callback(error, message)
+
+
+def wrapper(producer: Any, report: Callable[..., None], latency: bool) -> Callable[..., Any]:
+    """The instance's ``__delivery_callback``: what ``produce()`` hands to confluent-kafka as
+    ``on_delivery`` for each message, as arroyo's but one ``functools.partial`` of a module-level
+    function instead of a closure (with its cells) and a partial, and one Python frame per delivery
+    instead of three.
+
+    Like arroyo's closure, each partial holds the producer until its delivery, so a producer
+    dropped with messages in flight is not destroyed under them. This function holds it weakly:
+    the instance holds this function, and a cycle would leave the producer to the garbage
+    collector. The user's callback is called from a Python frame, never from native code: on
+    CPython 3.11-3.13 a daemon thread still running at exit is ended by unwinding its stack, which
+    aborts the process if native frames are on it.
+    """
+    owner = weakref.ref(producer)
+    if latency:
+
+        def wrap(user_callback: Any, time_of_produce: float) -> Any:
+            return partial(deliver_with_latency, report, user_callback, owner(), time_of_produce)
+
+    else:
+
+        def wrap(user_callback: Any) -> Any:  # type: ignore[misc]
+            return partial(deliver, report, user_callback, owner())
+
+    return wrap
+
+
 def adoption(cls: type, shape: Shape) -> tuple[Make, Bind]:
     """How an instance of `cls` (arroyo's class, or a subclass) gets its native buffer."""
-    native_wrapper = wraps_like_arroyo(cls, shape)
+    replace_wrapper = wraps_like_arroyo(cls, shape)  # checked once per class
 
     def make(producer: Any) -> MetricsBuffer:
         # A subclass's own __flush_metrics() must be what the throttle calls, as in arroyo: then
@@ -194,9 +244,9 @@ def adoption(cls: type, shape: Shape) -> tuple[Make, Bind]:
         if defined_by(producer, cls, CALLBACK):
             callback = delivery_callback(producer, native, shape)
             bound[CALLBACK] = callback.report
-            # arroyo's wrapper calls the method above, so it goes native only along with it.
-            if native_wrapper and defined_by(producer, cls, WRAPPER):
-                bound[WRAPPER] = callback.wrap
+            # arroyo's wrapper calls the method above, so it is replaced only along with it.
+            if replace_wrapper and defined_by(producer, cls, WRAPPER):
+                bound[WRAPPER] = wrapper(producer, callback.report, shape.latency)
         return bound
 
     return make, bind
