@@ -58,6 +58,13 @@ class CallLog:
     def gauge(self, *args: Any, **kwargs: Any) -> None:
         self._add("gauge", args, kwargs)
 
+    def take(self) -> CallLog:
+        """A log of the calls so far, which this one then forgets (to compare a second run with)."""
+        taken = CallLog()
+        with self._lock:
+            taken.calls, self.calls = self.calls, []
+        return taken
+
     def named(self, method: str, name: str) -> list[tuple[Any, dict[str, str]]]:
         """(value, tags) of each `method` call for metric `name`, however it was called."""
         out = []

@@ -84,9 +84,7 @@ def run_processor_script(ops: list[tuple[Any, ...]], log: CallLog) -> list[Any]:
             else:
                 getattr(buf, op[0])(*op[1:])
         buf.flush()
-    calls = list(log.calls)
-    log.calls.clear()
-    return calls
+    return log.take().calls
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -131,9 +129,7 @@ def run_producer_script(ops: list[tuple[Any, ...]], log: CallLog, client_id: str
                 args = (error if failed else None, None) + ((clock.now - age,) if latency else ())
                 callback(*args)
         assert producer.flush(0) == 0
-    calls = list(log.calls)
-    log.calls.clear()
-    return calls
+    return log.take().calls
 
 
 @pytest.mark.parametrize("client_id", ["parity-producer", None])
@@ -404,9 +400,7 @@ def run_overriding_subclasses(log: CallLog) -> tuple[int, int, list[Any]]:
             producer._ConfluentProducer__metrics_delivery_callback(None, None, *latency)
             clock.now += 0.4
         assert producer.flush(0) == 0
-    calls = list(log.calls)
-    log.calls.clear()
-    return buf.flushes, producer.metric_flushes, calls
+    return buf.flushes, producer.metric_flushes, log.take().calls
 
 
 def test_an_overridden_flush_is_what_the_throttle_calls(log: CallLog) -> None:

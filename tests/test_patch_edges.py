@@ -36,12 +36,6 @@ def log() -> Iterator[CallLog]:
         yield log
 
 
-def taken(log: CallLog) -> list[Any]:
-    calls = list(log.calls)
-    log.calls.clear()
-    return calls
-
-
 class BlockOnInstall(logging.Handler):
     """Holds the installing thread inside install(), which logs under its lock, until released."""
 
@@ -113,9 +107,9 @@ def use_subclass() -> list[tuple[Any, ...]]:
 def test_a_subclass_keeps_its_overrides_after_install(log: CallLog) -> None:
     seen = [("incr_counter", RUN_COUNT, 2), ("incr_counter", RUN_COUNT, 3), ("flush",)]
     emitted = [("timing", (POLL_TIME, 0.5), ()), ("increment", (RUN_COUNT, 5), ())]
-    assert (use_subclass(), taken(log)) == (seen, emitted)  # stock arroyo
+    assert (use_subclass(), log.take().calls) == (seen, emitted)  # stock arroyo
     assert install() == TARGETS
-    assert (use_subclass(), taken(log)) == (seen, emitted)
+    assert (use_subclass(), log.take().calls) == (seen, emitted)
 
 
 def keyword_calls(buf: ArroyoMetricsBuffer) -> None:
@@ -128,12 +122,12 @@ def keyword_calls(buf: ArroyoMetricsBuffer) -> None:
 @pytest.mark.parametrize("created", ["before install()", "after install()"])
 def test_keyword_calls_emit_what_stock_arroyo_emits(log: CallLog, created: str) -> None:
     keyword_calls(ArroyoMetricsBuffer())
-    stock = taken(log)
+    stock = log.take().calls
     assert stock == [("timing", (POLL_TIME, 0.25), ()), ("increment", (RUN_COUNT, 3), ())]
     buf = ArroyoMetricsBuffer() if created == "before install()" else None
     assert install() == TARGETS
     keyword_calls(buf or ArroyoMetricsBuffer())
-    assert taken(log) == stock
+    assert log.take().calls == stock
 
 
 @pytest.mark.parametrize(

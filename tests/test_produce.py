@@ -81,9 +81,7 @@ def run_produce_script(log: CallLog) -> tuple[list[tuple[str, str, bytes]], list
         assert producer.flush(30) == 0
         clock.now += 2.0
         assert producer.flush(0) == 0
-    calls = list(log.calls)
-    log.calls.clear()
-    return outcomes(seen), calls
+    return outcomes(seen), log.take().calls
 
 
 def test_produce_and_deliver_parity_with_stock_arroyo(log: CallLog) -> None:
@@ -167,9 +165,7 @@ def run_raising_user_callback(log: CallLog) -> tuple[list[str], Any]:
         except ValueError as e:
             raised.append(str(e))
     assert producer.flush(0) == 0
-    statuses = log.statuses()
-    log.calls.clear()
-    return raised, statuses
+    return raised, log.take().statuses()
 
 
 def test_a_raising_user_callback_raises_as_in_stock_arroyo_and_its_delivery_counts(log: CallLog) -> None:
@@ -185,9 +181,7 @@ def run_with_a_callback_that_is_not_callable(log: CallLog) -> tuple[str, str, An
     with pytest.raises((TypeError, SystemError)) as raised:
         producer.flush(30)
     assert producer.flush(30) == 0 and producer.flush(0) == 0
-    statuses = log.statuses()
-    log.calls.clear()
-    return type(raised.value).__name__, str(raised.value), statuses
+    return type(raised.value).__name__, str(raised.value), log.take().statuses()
 
 
 def test_a_callback_that_is_not_callable_raises_from_the_delivery_as_in_stock_arroyo(log: CallLog) -> None:
@@ -279,9 +273,7 @@ def run_with_a_bare_mock_clock(log: CallLog) -> tuple[str, Any]:
     with mock.patch("time.time"):
         producer.produce(TOPIC, b"x", partition=0)
     outcome = "ok" if producer.flush(30) == 0 and producer.flush(0) == 0 else "not delivered"
-    statuses = log.statuses()
-    log.calls.clear()
-    return outcome, statuses
+    return outcome, log.take().statuses()
 
 
 def test_a_mock_time_of_produce_raises_nothing_as_in_stock_arroyo(log: CallLog) -> None:
