@@ -8,9 +8,9 @@ instance's ``__metrics_delivery_callback`` and ``__flush_metrics`` become a nati
 and the native buffer's ``flush``, and ``__delivery_callback`` (which ``produce()`` calls to wrap
 the user's callback, per message) makes a ``functools.partial`` of a plain function instead of a
 closure and a partial (see `wrapper`); ``flush()``, ``produce()`` and the user's callbacks are
-arroyo's own. A subclass that overrides one of those
-private methods keeps its override (and arroyo's wrapper, which calls it), and an overridden
-``__flush_metrics`` is what the throttle calls, as in arroyo.
+arroyo's own. A subclass that overrides one of those private methods keeps its override (and
+arroyo's wrapper, which calls it), and an overridden ``__flush_metrics`` is what the throttle
+calls, as in arroyo.
 """
 
 from __future__ import annotations
