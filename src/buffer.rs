@@ -81,7 +81,7 @@ impl MetricsBufferPy {
             name,
             tags: &tags,
             amount,
-            hash: None,
+            prepared: None,
         };
         self.shared.record_at(py, &[add], clock::now(py)?)
     }

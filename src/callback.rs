@@ -8,7 +8,7 @@ use pyo3::types::{PyDict, PyTuple};
 use pyo3::PyTraverseError;
 
 use crate::buffer::MetricsBufferPy;
-use crate::core::{own_tags, Add, Key, Kind, Tags, Value};
+use crate::core::{Kind, Prepared, Value};
 use crate::{args, clock};
 
 /// On each call it counts `counter` under `success_tags` or `error_tags` (by whether `error` is
@@ -28,12 +28,10 @@ use crate::{args, clock};
 )]
 pub struct DeliveryCallbackPy {
     buffer: Py<MetricsBufferPy>,
-    counter: Box<str>,
-    success_tags: Tags,
-    error_tags: Tags,
-    latency: Option<Key>,
-    /// Prehashed keys: success counter, error counter, latency sample.
-    hashes: [u64; 3],
+    /// The counter under the success tags and under the error tags, and the latency sample.
+    success: Prepared,
+    error: Prepared,
+    latency: Option<Prepared>,
 }
 
 impl DeliveryCallbackPy {
@@ -46,29 +44,22 @@ impl DeliveryCallbackPy {
         latency_tags: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         const F: &str = "delivery_callback";
+        let core = &buffer.get().shared.core;
         let latency = match latency.filter(|l| !l.is_none()) {
-            Some(l) => Some(Key::new(
+            Some(l) => Some(core.prepare(
+                Kind::Sample,
                 args::name(F, "latency", l)?,
                 &args::tags(F, "latency_tags", latency_tags)?,
             )),
             None => None,
         };
-        let counter: Box<str> = args::name(F, "counter", counter)?.into();
-        let success_tags = own_tags(&args::tags(F, "success_tags", success_tags)?);
-        let error_tags = own_tags(&args::tags(F, "error_tags", error_tags)?);
-        let core = &buffer.get().shared.core;
+        let counter = args::name(F, "counter", counter)?;
+        let success_tags = args::tags(F, "success_tags", success_tags)?;
+        let error_tags = args::tags(F, "error_tags", error_tags)?;
         Ok(DeliveryCallbackPy {
             buffer: buffer.clone().unbind(),
-            hashes: [
-                core.prehash(Kind::Counter, &counter, &success_tags),
-                core.prehash(Kind::Counter, &counter, &error_tags),
-                latency
-                    .as_ref()
-                    .map_or(0, |l| core.prehash(Kind::Sample, &l.name, &l.tags)),
-            ],
-            counter,
-            success_tags,
-            error_tags,
+            success: core.prepare(Kind::Counter, counter, &success_tags),
+            error: core.prepare(Kind::Counter, counter, &error_tags),
             latency,
         })
     }
@@ -94,19 +85,13 @@ impl DeliveryCallbackPy {
         _message: &Bound<'_, PyAny>,
         time_of_produce: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let (tags, hash) = if error.is_none() {
-            (&self.success_tags, self.hashes[0])
+        let status = if error.is_none() {
+            &self.success
         } else {
-            (&self.error_tags, self.hashes[1])
+            &self.error
         };
         let buffer = &self.buffer.get().shared;
-        let counter = Add {
-            kind: Kind::Counter,
-            name: &self.counter,
-            tags,
-            amount: Value::Int(1),
-            hash: Some(hash),
-        };
+        let counter = status.add(Value::Int(1));
         let Some(latency) = &self.latency else {
             return buffer.record_at(py, &[counter], clock::now(py)?);
         };
@@ -117,13 +102,7 @@ impl DeliveryCallbackPy {
         };
         let produced = args::seconds("DeliveryCallback.report", "time_of_produce", produced)?;
         let now = clock::now(py)?;
-        let sample = Add {
-            kind: Kind::Sample,
-            name: &latency.name,
-            tags: &latency.tags,
-            amount: Value::Float(now - produced),
-            hash: Some(self.hashes[2]),
-        };
+        let sample = latency.add(Value::Float(now - produced));
         buffer.record_at(py, &[counter, sample], now)
     }
 

@@ -151,12 +151,19 @@ mod watch {
     }
 }
 
-/// CLOCK_REALTIME in seconds, converted exactly as CPython's `_PyTime_AsSecondsDouble` does.
+/// CLOCK_REALTIME in seconds, read as CPython's `time.time()` reads it (`clock_gettime`) and
+/// converted exactly as its `_PyTime_AsSecondsDouble` does.
 fn realtime() -> Option<f64> {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?;
-    let (secs, nanos) = (since.as_secs() as i64, i64::from(since.subsec_nanos()));
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) } != 0 {
+        return None;
+    }
+    #[allow(clippy::useless_conversion)] // `time_t` and `c_long` are not i64 on every target
+    let (secs, nanos) = (i64::from(ts.tv_sec), i64::from(ts.tv_nsec));
     Some(if nanos == 0 {
         secs as f64
     } else {

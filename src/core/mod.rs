@@ -12,10 +12,10 @@ mod window;
 pub use flush::{Begin, Emit};
 pub use fork::{after_fork_in_child, register_at_fork, ForkLocal};
 pub use key::{own_tags, Key, Kind, Tags, Value};
-pub use window::{Add, Emission, Entry, Window};
+pub use window::{Add, Emission, Entry, Prepared, Window};
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use flush::State;
 use key::KeyHasher;
@@ -114,9 +114,13 @@ impl Buffer {
         })
     }
 
-    /// The hash of a key for [`Add::hash`].
-    pub fn prehash<S: AsRef<str>>(&self, kind: Kind, name: &str, tags: &[(S, S)]) -> u64 {
-        self.hasher.hash(kind, name, tags)
+    /// A key to add to over and over ([`Prepared::add`]).
+    pub fn prepare<S: AsRef<str>>(&self, kind: Kind, name: &str, tags: &[(S, S)]) -> Prepared {
+        Prepared {
+            kind,
+            key: Arc::new(Key::new(name, tags)),
+            hash: self.hasher.hash(kind, name, tags),
+        }
     }
 
     pub fn frequency(&self) -> f64 {
@@ -176,7 +180,7 @@ impl Buffer {
             .window
             .entries()
             .iter()
-            .map(|e| (e.kind, e.key.clone(), e.sum, e.count))
+            .map(|e| (e.kind, Key::clone(&e.key), e.sum, e.count))
             .collect()
     }
 
@@ -209,7 +213,7 @@ pub(crate) mod testing {
             name,
             tags,
             amount,
-            hash: None,
+            prepared: None,
         }
     }
 
