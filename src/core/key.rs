@@ -72,7 +72,7 @@ pub(super) fn same_tags<A: AsRef<str>, B: AsRef<str>>(a: &[(A, A)], b: &[(B, B)]
 }
 
 /// Seeded foldhash for keys. The seed is random per buffer, and shared by all its windows so that a
-/// key can be hashed once in advance ([`crate::core::Buffer::prehash`]).
+/// key can be hashed once in advance ([`crate::core::Buffer::prepare`]).
 #[derive(Clone, Debug, Default)]
 pub struct KeyHasher(foldhash::fast::RandomState);
 
