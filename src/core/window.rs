@@ -623,30 +623,39 @@ mod tests {
     #[test]
     fn a_prepared_key_is_the_key_of_its_name_and_tags_however_it_is_found() {
         let hasher = KeyHasher::default();
-        let mut w = Window::new(hasher.clone());
         let tags = [("status", "ok"), ("p", "x")];
         let p = prepared(&hasher, Kind::Counter, "c", &tags);
         let twin = prepared(&hasher, Kind::Counter, "c", &[("p", "x"), ("status", "ok")]);
         let s = prepared(&hasher, Kind::Sample, "c", &tags);
         let apply = |w: &mut Window, adds: &[Add<'_, Box<str>>]| w.apply(adds, usize::MAX).unwrap();
-        w.apply(&[add(Kind::Counter, "c", &tags, Value::Int(1))], usize::MAX)
-            .unwrap();
-        apply(&mut w, &[p.add(Value::Int(2))]); // by hash, an entry it did not make
-        apply(&mut w, &[p.add(Value::Int(4)), s.add(Value::Float(0.5))]); // by hint
-        apply(&mut w, &[twin.add(Value::Int(8))]); // another Arc of the same key
+        let plain = |w: &mut Window, n: i64| {
+            w.apply(&[add(Kind::Counter, "c", &tags, Value::Int(n))], usize::MAX)
+                .unwrap()
+        };
+        let expected = vec![
+            (Kind::Counter, Key::new("c", &tags), Value::Int(31), 5),
+            (Kind::Sample, Key::new("c", &tags), Value::Float(0.75), 2),
+        ];
+
+        // Entries made from prepared keys: they share the Arc, so later adds hit by hint.
+        let mut w = Window::new(hasher.clone());
+        apply(&mut w, &[p.add(Value::Int(1)), s.add(Value::Float(0.5))]);
+        assert!(Arc::ptr_eq(&w.entries()[0].key, &p.key));
+        assert!(Arc::ptr_eq(&w.entries()[1].key, &s.key));
+        apply(&mut w, &[s.add(Value::Float(0.25)), p.add(Value::Int(2))]); // both by hint
+        apply(&mut w, &[twin.add(Value::Int(4))]); // another Arc of the same key: by hash
+        plain(&mut w, 8); // the key made on the call: by hash and compare
+        apply(&mut w, &[p.add(Value::Int(16))]);
+        assert_eq!(sums(&w), expected);
+
+        // An entry made by a plain add: the prepared key finds it by hash every time.
+        let mut w = Window::new(hasher.clone());
+        plain(&mut w, 1);
+        apply(&mut w, &[p.add(Value::Int(2)), s.add(Value::Float(0.5))]);
+        apply(&mut w, &[p.add(Value::Int(4)), twin.add(Value::Int(8))]);
         apply(&mut w, &[s.add(Value::Float(0.25)), p.add(Value::Int(16))]);
-        w.apply(
-            &[add(Kind::Counter, "c", &tags, Value::Int(32))],
-            usize::MAX,
-        )
-        .unwrap();
-        assert_eq!(
-            sums(&w),
-            vec![
-                (Kind::Counter, Key::new("c", &tags), Value::Int(63), 6),
-                (Kind::Sample, Key::new("c", &tags), Value::Float(0.75), 2),
-            ]
-        );
+        assert!(!Arc::ptr_eq(&w.entries()[0].key, &p.key));
+        assert_eq!(sums(&w), expected);
         assert_eq!(w.sample_count(), 2);
     }
 
