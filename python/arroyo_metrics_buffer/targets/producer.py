@@ -15,12 +15,11 @@ calls, as in arroyo.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from functools import partial
+from functools import partial, wraps
 from typing import Any
 
 from .._native import DeliveryCallback, MetricsBuffer
@@ -105,12 +104,12 @@ class ConfluentProducerTarget(Target):
         original = {name: cls.__dict__[name] for name in ("__init__", CALLBACK, FLUSH_METRICS)}
         make, bind = adoption(cls, shape)
 
-        @functools.wraps(original["__init__"])
+        @wraps(original["__init__"])
         def __init__(self: Any, configuration: Any, *args: Any, **kwargs: Any) -> None:
             original["__init__"](self, configuration, *args, **kwargs)
             native_of(self, make, bind)  # or arroyo's own behaviour, if that fails
 
-        @functools.wraps(original[CALLBACK])
+        @wraps(original[CALLBACK])
         def metrics_delivery_callback(self: Any, *args: Any, **kwargs: Any) -> None:
             native = native_of(self, make, bind)
             if native is None:
@@ -126,7 +125,7 @@ class ConfluentProducerTarget(Target):
             if time.time() - getattr(self, LAST_RECORD, 0.0) > frequency_of(cls):
                 getattr(self, FLUSH_METRICS)()
 
-        @functools.wraps(original[FLUSH_METRICS])
+        @wraps(original[FLUSH_METRICS])
         def flush_metrics(self: Any) -> None:
             native = native_of(self, make, bind)
             if native is None:
