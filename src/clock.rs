@@ -178,20 +178,20 @@ fn realtime() -> Option<f64> {
 /// not the builtin; on 3.11, on every call.
 pub(crate) fn now(py: Python<'_>) -> PyResult<f64> {
     let clock = CLOCK.get(py).expect("clock::init runs at module import");
-    if let Some((builtin, function)) = &clock.builtin {
+    let looked_up;
+    let time = match &clock.builtin {
         // The name is known to be the builtin: only time-machine's swap inside it is left.
-        if watch::in_place() && c_function(builtin.bind(py)) == *function {
-            if let Some(now) = realtime() {
-                return Ok(now);
-            }
+        Some((builtin, _)) if watch::in_place() => builtin.bind(py),
+        _ => {
+            looked_up = match clock.namespace.bind(py).get_item(intern!(py, "time"))? {
+                Some(time) => time,
+                None => clock.module.bind(py).getattr(intern!(py, "time"))?,
+            };
+            &looked_up
         }
-    }
-    let time = match clock.namespace.bind(py).get_item(intern!(py, "time"))? {
-        Some(time) => time,
-        None => clock.module.bind(py).getattr(intern!(py, "time"))?,
     };
     if let Some((builtin, function)) = &clock.builtin {
-        if time.is(builtin) && c_function(&time) == *function {
+        if time.is(builtin) && c_function(time) == *function {
             if let Some(now) = realtime() {
                 return Ok(now);
             }
