@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import threading
@@ -280,6 +281,27 @@ def test_a_delivery_report_takes_time_of_produce_as_float_does(recorder: Recorde
         callback.report(None, None, mock.MagicMock())
         callback.report(None, None, 999.75)
     assert buf.pending() == [("counter", "status", None, 2, 2), ("sample", "latency", None, 999.25, 2)]
+
+
+def test_delivery_callbacks_made_and_dropped_in_turn_add_to_the_same_keys(recorder: Recorder) -> None:
+    """Each callback makes its keys once and the buffer's entries share them: one dropped while
+    its values are pending, and another made at what may be the same address, change nothing."""
+    buf = MetricsBuffer(recorder, frequency_sec=60, keyword_args=True)
+    with mock.patch("time.time", FakeClock(1000.0)):
+        for error_tags in ({"s": "error"}, {"s": "error"}, {"s": "failed"}):
+            callback = buf.delivery_callback("status", {"s": "ok"}, error_tags, "latency", {"p": "x"})
+            callback.report(None, None, 999.0)
+            callback.report("broker down", None, 998.0)
+            del callback
+            gc.collect()
+        buf.incr_counter("status", 1, {"s": "ok"})  # the same key, made on the call
+        buf.flush()
+    assert recorder.calls == [
+        ("increment", "status", 4, {"s": "ok"}),
+        ("increment", "status", 2, {"s": "error"}),
+        ("increment", "status", 1, {"s": "failed"}),
+        *[("timing", "latency", v, {"p": "x"}) for v in (1.0, 2.0, 1.0, 2.0, 1.0, 2.0)],
+    ]
 
 
 @pytest.mark.parametrize(
