@@ -11,11 +11,11 @@ mod window;
 
 pub use flush::{Begin, Emit};
 pub use fork::{after_fork_in_child, register_at_fork, ForkLocal};
-pub use key::{own_tags, Key, Kind, Tags, Value};
+pub use key::{Key, Kind, Value};
 pub use window::{Add, Emission, Entry, Prepared, Window};
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use flush::State;
 use key::KeyHasher;
@@ -116,11 +116,7 @@ impl Buffer {
 
     /// A key to add to over and over ([`Prepared::add`]).
     pub fn prepare<S: AsRef<str>>(&self, kind: Kind, name: &str, tags: &[(S, S)]) -> Prepared {
-        Prepared {
-            kind,
-            key: Arc::new(Key::new(name, tags)),
-            hash: self.hasher.hash(kind, name, tags),
-        }
+        Prepared::new(&self.hasher, kind, name, tags)
     }
 
     pub fn frequency(&self) -> f64 {

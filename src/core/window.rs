@@ -31,6 +31,19 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    pub(super) fn new<S: AsRef<str>>(
+        hasher: &KeyHasher,
+        kind: Kind,
+        name: &str,
+        tags: &[(S, S)],
+    ) -> Self {
+        Prepared {
+            kind,
+            key: Arc::new(Key::new(name, tags)),
+            hash: hasher.hash(kind, name, tags),
+        }
+    }
+
     pub fn add(&self, amount: Value) -> Add<'_, Box<str>> {
         Add {
             kind: self.kind,
@@ -598,11 +611,7 @@ mod tests {
             }
         }
         let tags = [("k", "m7")];
-        let prepared = Prepared {
-            kind: Kind::Counter,
-            key: Arc::new(Key::new("m7", &tags)),
-            hash: hasher.hash(Kind::Counter, "m7", &tags),
-        };
+        let prepared = Prepared::new(&hasher, Kind::Counter, "m7", &tags);
         w.apply(&[prepared.add(Value::Int(1))], usize::MAX).unwrap();
         assert_eq!(w.entries().len(), 1000);
         assert!(w
@@ -612,21 +621,13 @@ mod tests {
         assert_eq!(w.entries()[7].sum, Value::Int(3));
     }
 
-    fn prepared(hasher: &KeyHasher, kind: Kind, name: &str, tags: &[(&str, &str)]) -> Prepared {
-        Prepared {
-            kind,
-            key: Arc::new(Key::new(name, tags)),
-            hash: hasher.hash(kind, name, tags),
-        }
-    }
-
     #[test]
     fn a_prepared_key_is_the_key_of_its_name_and_tags_however_it_is_found() {
         let hasher = KeyHasher::default();
         let tags = [("status", "ok"), ("p", "x")];
-        let p = prepared(&hasher, Kind::Counter, "c", &tags);
-        let twin = prepared(&hasher, Kind::Counter, "c", &[("p", "x"), ("status", "ok")]);
-        let s = prepared(&hasher, Kind::Sample, "c", &tags);
+        let p = Prepared::new(&hasher, Kind::Counter, "c", &tags);
+        let twin = Prepared::new(&hasher, Kind::Counter, "c", &[("p", "x"), ("status", "ok")]);
+        let s = Prepared::new(&hasher, Kind::Sample, "c", &tags);
         let apply = |w: &mut Window, adds: &[Add<'_, Box<str>>]| w.apply(adds, usize::MAX).unwrap();
         let plain = |w: &mut Window, n: i64| {
             w.apply(&[add(Kind::Counter, "c", &tags, Value::Int(n))], usize::MAX)
@@ -666,13 +667,13 @@ mod tests {
         let tags = [("t", "1")];
         w.apply(&[add(Kind::Counter, "a", &tags, Value::Int(1))], usize::MAX)
             .unwrap();
-        let first = prepared(&hasher, Kind::Counter, "a", &tags);
+        let first = Prepared::new(&hasher, Kind::Counter, "a", &tags);
         w.apply(&[first.add(Value::Int(2))], usize::MAX).unwrap(); // hinted at its address
         let address = Arc::as_ptr(&first.key);
         drop(first); // its entry was not made from it, so nothing keeps its allocation
         let mut made = Vec::new();
         let other = loop {
-            let p = prepared(&hasher, Kind::Counter, "b", &tags);
+            let p = Prepared::new(&hasher, Kind::Counter, "b", &tags);
             if Arc::as_ptr(&p.key) == address {
                 break p;
             }
@@ -692,7 +693,7 @@ mod tests {
     #[test]
     fn a_prepared_key_carried_over_and_kept_apart_at_overflow_adds_to_its_newest_entry() {
         let hasher = KeyHasher::default();
-        let p = prepared(&hasher, Kind::Counter, "c", &[("t", "1")]);
+        let p = Prepared::new(&hasher, Kind::Counter, "c", &[("t", "1")]);
         let mut old = Window::new(hasher.clone());
         old.apply(&[p.add(Value::Int(i64::MAX))], usize::MAX)
             .unwrap();
