@@ -96,9 +96,7 @@ pub(crate) fn seconds(
     arg: &'static str,
     obj: &Bound<'_, PyAny>,
 ) -> PyResult<f64> {
-    if let Ok(f) = obj.cast::<PyFloat>() {
-        return Ok(f.value());
-    }
+    // pyo3 reads an exact float directly; anything else goes through `float()`'s protocol.
     obj.extract::<f64>()
         .map_err(|_| type_error(function, arg, "a number of seconds", obj))
 }
