@@ -4,19 +4,23 @@
 //! windows, and the backend, `time.time` and logging are called between those steps.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use pyo3::exceptions::{PyImportError, PyRuntimeError};
 use pyo3::gc::PyVisit;
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple};
 use pyo3::PyTraverseError;
 
 use crate::backend::Backend;
 use crate::callback::DeliveryCallbackPy;
-use crate::core::{Add, Buffer, Kind, Value};
+use crate::core::{Add, Buffer, Kind, Value, DEFAULT_FAILURE_INTERVAL};
 use crate::emit::{tags_dict, value_object};
 use crate::errors::Error;
 use crate::shared::Shared;
-use crate::{args, clock};
+use crate::{args, clock, exit, ffi, gate};
 
 /// Big enough for any one-second window of a busy producer; about 16 MiB at the cap.
 const DEFAULT_MAX_SAMPLES: usize = 1_000_000;
@@ -68,6 +72,21 @@ impl MetricsBufferPy {
         amount: &Bound<'_, PyAny>,
         tags: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        if !gate::admits() {
+            return Ok(());
+        }
+        gate::finish(self.record(py, how, metric, amount, tags))
+    }
+
+    #[inline(always)]
+    fn record(
+        &self,
+        py: Python<'_>,
+        how: Incr,
+        metric: &Bound<'_, PyAny>,
+        amount: &Bound<'_, PyAny>,
+        tags: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let name = args::name(how.function, "metric", metric)?;
         let amount = match how.kind {
             Kind::Counter => Value::Int(args::int(how.function, how.amount, amount)?),
@@ -78,7 +97,7 @@ impl MetricsBufferPy {
         let tags = args::tags(how.function, "tags", tags)?;
         let add = Add {
             kind: how.kind,
-            name,
+            name: name.as_ref(),
             tags: &tags,
             amount,
             prepared: None,
@@ -87,28 +106,84 @@ impl MetricsBufferPy {
     }
 }
 
+/// `importlib.import_module`, looked up at module import.
+static IMPORT_MODULE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
+    let import = py.import("importlib")?.getattr("import_module")?;
+    let _ = IMPORT_MODULE.set(py, import.unbind());
+    Ok(())
+}
+
+/// arroyo's `get_metrics()`, for `MetricsBuffer(metrics=None)`.
+fn arroyo_metrics(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    let import = IMPORT_MODULE
+        .get(py)
+        .expect("buffer::init runs at module import");
+    let name = PyString::new(py, "arroyo.utils.metrics").into_any();
+    let module = ffi::call(import.bind(py), [&name]).map_err(|e| {
+        PyImportError::new_err(format!(
+            "MetricsBuffer(metrics=None) uses arroyo's get_metrics(), but arroyo (the \
+             sentry-arroyo package) cannot be imported: {e}"
+        ))
+    })?;
+    ffi::call_method(intern!(py, "get_metrics"), &[module.as_ptr()], None)
+}
+
+/// A non-negative number of seconds, or a `ValueError` naming the argument.
+fn non_negative(function: &'static str, arg: &'static str, value: f64) -> PyResult<f64> {
+    if value.is_nan() || value < 0.0 {
+        return Err(Error::Value(format!(
+            "{function}() argument '{arg}' must be a non-negative number, not {value}"
+        ))
+        .into());
+    }
+    Ok(value)
+}
+
 #[pymethods]
 impl MetricsBufferPy {
     #[new]
-    #[pyo3(signature = (metrics=None, *, frequency_sec=None, max_samples=None, keyword_args=false))]
+    #[pyo3(signature = (
+        metrics=None,
+        *,
+        frequency_sec=None,
+        max_samples=None,
+        keyword_args=false,
+        failure_log_interval=None,
+    ))]
     fn new(
         py: Python<'_>,
         metrics: Option<Bound<'_, PyAny>>,
         frequency_sec: Option<&Bound<'_, PyAny>>,
         max_samples: Option<&Bound<'_, PyAny>>,
         keyword_args: bool,
+        failure_log_interval: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         const F: &str = "MetricsBuffer";
+        // Making an object may run the garbage collector, and so Python code: not on another
+        // thread once the interpreter exits (see `gate`).
+        let Some(_pass) = gate::enter() else {
+            return Err(PyRuntimeError::new_err(
+                "MetricsBuffer(): the interpreter is exiting",
+            ));
+        };
         let frequency = match frequency_sec {
-            Some(f) => args::real(F, "frequency_sec", f)?,
+            Some(f) => non_negative(F, "frequency_sec", args::real(F, "frequency_sec", f)?)?,
             None => 1.0,
         };
-        if frequency.is_nan() || frequency < 0.0 {
-            return Err(Error::Value(format!(
-                "MetricsBuffer() argument 'frequency_sec' must be a non-negative number, not {frequency}"
-            ))
-            .into());
-        }
+        let failure_interval = match failure_log_interval {
+            Some(f) => {
+                let seconds = args::real(F, "failure_log_interval", f)?;
+                let seconds = non_negative(F, "failure_log_interval", seconds)?;
+                Duration::try_from_secs_f64(seconds).map_err(|_| {
+                    Error::Value(format!(
+                        "MetricsBuffer() argument 'failure_log_interval' is too large: {seconds}"
+                    ))
+                })?
+            }
+            None => DEFAULT_FAILURE_INTERVAL,
+        };
         let max_samples = match max_samples {
             Some(m) => {
                 let m = args::int(F, "max_samples", m)?;
@@ -122,21 +197,14 @@ impl MetricsBufferPy {
         };
         let metrics = match metrics.filter(|m| !m.is_none()) {
             Some(m) => m,
-            None => py
-                .import("arroyo.utils.metrics")
-                .map_err(|e| {
-                    pyo3::exceptions::PyImportError::new_err(format!(
-                        "MetricsBuffer(metrics=None) uses arroyo's get_metrics(), but arroyo \
-                         (the sentry-arroyo package) cannot be imported: {e}"
-                    ))
-                })?
-                .call_method0("get_metrics")?,
+            None => arroyo_metrics(py)?,
         };
-        let core = Buffer::new(frequency, max_samples, clock::now(py)?);
+        let core = Buffer::new(frequency, max_samples, clock::now(py)?)
+            .with_failure_interval(failure_interval);
         let backend = Backend::new(metrics.unbind(), keyword_args);
-        Ok(MetricsBufferPy {
-            shared: Shared::new(core, backend),
-        })
+        let shared = Arc::new(Shared { core, backend });
+        exit::register(&shared);
+        Ok(MetricsBufferPy { shared })
     }
 
     /// `None` only once the garbage collector cleared it (in a cycle being collected).
@@ -158,6 +226,11 @@ impl MetricsBufferPy {
     #[getter]
     fn keyword_args(&self) -> bool {
         self.shared.backend.keyword_args
+    }
+
+    #[getter]
+    fn failure_log_interval(&self) -> f64 {
+        self.shared.core.failure_interval().as_secs_f64()
     }
 
     #[getter]
@@ -209,11 +282,18 @@ impl MetricsBufferPy {
     }
 
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        if !gate::admits() {
+            return Ok(());
+        }
         self.shared.flush(py)
     }
 
     /// (kind, name, tags or None, value, number of values) per pending key, in emission order.
+    /// Empty on another thread once the interpreter exits (making objects may run Python code).
     fn pending<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let Some(_pass) = gate::enter() else {
+            return Ok(Vec::new());
+        };
         let mut snapshot = self.shared.core.snapshot();
         let rank = |k: Kind| match k {
             Kind::Timer => 0,
@@ -237,7 +317,7 @@ impl MetricsBufferPy {
                     py,
                     [
                         kind.into_pyobject(py)?.into_any(),
-                        PyString::new(py, &key.name).into_any(),
+                        ffi::str_from_text(py, &key.name)?.into_any(),
                         tags,
                         value_object(py, value)?,
                         count.into_pyobject(py)?.into_any(),
@@ -257,6 +337,11 @@ impl MetricsBufferPy {
         latency: Option<&Bound<'_, PyAny>>,
         latency_tags: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<DeliveryCallbackPy> {
+        let Some(_pass) = gate::enter() else {
+            return Err(PyRuntimeError::new_err(
+                "delivery_callback(): the interpreter is exiting",
+            ));
+        };
         DeliveryCallbackPy::new(
             slf,
             counter,

@@ -7,9 +7,16 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::PyTraverseError;
 
+use std::cell::Cell;
+
 use crate::buffer::MetricsBufferPy;
 use crate::core::{Kind, Prepared, Value};
-use crate::{args, clock};
+use crate::{args, clock, gate};
+
+thread_local! {
+    /// Delivery reports counted on this thread, by any callback (see `reports_on_this_thread`).
+    static REPORTS: Cell<u64> = const { Cell::new(0) };
+}
 
 /// On each call it counts `counter` under `success_tags` or `error_tags` (by whether `error` is
 /// None) and, when `latency` is given, records one `latency` sample of `time.time() -
@@ -48,7 +55,7 @@ impl DeliveryCallbackPy {
         let latency = match latency.filter(|l| !l.is_none()) {
             Some(l) => Some(core.prepare(
                 Kind::Sample,
-                args::name(F, "latency", l)?,
+                args::name(F, "latency", l)?.as_ref(),
                 &args::tags(F, "latency_tags", latency_tags)?,
             )),
             None => None,
@@ -58,8 +65,8 @@ impl DeliveryCallbackPy {
         let error_tags = args::tags(F, "error_tags", error_tags)?;
         Ok(DeliveryCallbackPy {
             buffer: buffer.clone().unbind(),
-            success: core.prepare(Kind::Counter, counter, &success_tags),
-            error: core.prepare(Kind::Counter, counter, &error_tags),
+            success: core.prepare(Kind::Counter, counter.as_ref(), &success_tags),
+            error: core.prepare(Kind::Counter, counter.as_ref(), &error_tags),
             latency,
         })
     }
@@ -85,6 +92,43 @@ impl DeliveryCallbackPy {
         _message: &Bound<'_, PyAny>,
         time_of_produce: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        if !gate::admits() {
+            return Ok(());
+        }
+        REPORTS.with(|reports| reports.set(reports.get().wrapping_add(1)));
+        gate::finish(self.record(py, error, time_of_produce))
+    }
+
+    /// The same as `report` (which is the faster callable to hand out).
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__(
+        slf: &Bound<'_, Self>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        if !gate::admits() {
+            return Ok(());
+        }
+        slf.call_method(intern!(slf.py(), "report"), args, kwargs)?;
+        Ok(())
+    }
+
+    /// How many delivery reports any `DeliveryCallback` has counted on the calling thread. A
+    /// producer's `flush()` compares it before and after confluent-kafka's flush, which serves
+    /// delivery reports on the calling thread, to know whether that flush delivered anything.
+    #[staticmethod]
+    fn reports_on_this_thread() -> u64 {
+        REPORTS.with(Cell::get)
+    }
+}
+
+impl DeliveryCallbackPy {
+    fn record(
+        &self,
+        py: Python<'_>,
+        error: &Bound<'_, PyAny>,
+        time_of_produce: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let status = if error.is_none() {
             &self.success
         } else {
@@ -104,16 +148,5 @@ impl DeliveryCallbackPy {
         let now = clock::now(py)?;
         let sample = latency.add(Value::Float(now - produced));
         buffer.record_at(py, &[counter, sample], now)
-    }
-
-    /// The same as `report` (which is the faster callable to hand out).
-    #[pyo3(signature = (*args, **kwargs))]
-    fn __call__(
-        slf: &Bound<'_, Self>,
-        args: &Bound<'_, PyTuple>,
-        kwargs: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<()> {
-        slf.call_method(intern!(slf.py(), "report"), args, kwargs)?;
-        Ok(())
     }
 }

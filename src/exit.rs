@@ -1,76 +1,36 @@
-//! Interpreter exit. On CPython < 3.14 a thread that wants the GIL back during finalization is
-//! killed with `pthread_exit`, and the forced unwinding aborts the process if native frames are on
-//! its stack, as they are while one of our emits calls the backend. So, from the `atexit` hook
-//! (which runs before finalization): (a) no thread but the exiting one starts an emit any more
-//! (values recorded meanwhile stay pending); (b) emits in progress on other threads get up to
-//! [`WAIT`] to finish, with the GIL released; (c) every live buffer is flushed once from the
-//! exiting thread; after that nothing is emitted any more.
+//! Interpreter exit: the registry of live buffers, and the `atexit` hook that emits what they hold
+//! within a fixed budget, whatever the backend does (fast, slow, blocked for good, deadlocked
+//! against the exiting thread, raising).
+//!
+//! The hook (registered at import, so the application's own `atexit` handlers, registered later,
+//! run before it):
+//! 1. closes the [`gate`]: from now on only this thread works; other threads' calls return at once
+//!    and their emits stop before their next backend call;
+//! 2. waits, for at most half the budget, until no call into Python is in progress on another
+//!    thread (normally microseconds: an emit stops after the backend call it is in);
+//! 3. takes every live buffer's pending values out, and has them emitted by
+//!    `arroyo_metrics_buffer._exit.emit` on a daemon thread of pure Python frames, which makes
+//!    them into Python calls a chunk at a time ([`ExitCalls`]) and which the hook waits for until
+//!    the deadline, then abandons;
+//! 4. waits, until the deadline, for calls into Python still in progress on other threads;
+//! 5. logs one line saying what was emitted and what was dropped.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyList;
 
-use crate::core::ForkLocal;
+use crate::core::{Emission, ForkLocal, Key, Kind, Value};
+use crate::emit::Described;
 use crate::shared::Shared;
+use crate::{failure, gate};
 
-/// How long the exit hook waits for emits in progress on other threads.
-const WAIT: Duration = Duration::from_secs(2);
-
-const OPEN: u8 = 0;
-const CLOSING: u8 = 1;
-const CLOSED: u8 = 2;
-
-/// Whether emits may start, and how many are in progress. A forked child starts with a new one.
-#[derive(Default)]
-struct Gate {
-    state: AtomicU8,
-    in_flight: AtomicUsize,
-}
-
-static GATE: LazyLock<ForkLocal<Gate>> = LazyLock::new(|| ForkLocal::new(Gate::default()));
-
-thread_local! {
-    /// Set on the thread running the exit hook.
-    static EXITING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn gate() -> &'static Gate {
-    GATE.get(|_| Gate::default())
-}
-
-/// Leave to start one emit (and whatever flushes are handed to it): held until the emit is done,
-/// logging included.
-pub(crate) struct Pass(&'static Gate);
-
-impl Drop for Pass {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, SeqCst);
-    }
-}
-
-/// A pass if emits may start on this thread: always before exit; during the exit hook only on
-/// the exiting thread; never after it. Counted in flight first, then checked, so that the exit
-/// hook, which closes first and then counts, never misses one.
-pub(crate) fn enter() -> Option<Pass> {
-    let gate = gate();
-    gate.in_flight.fetch_add(1, SeqCst);
-    let pass = Pass(gate);
-    match gate.state.load(SeqCst) {
-        OPEN => Some(pass),
-        CLOSING if EXITING.with(Cell::get) => Some(pass),
-        _ => None,
-    }
-}
-
-/// Whether an emit on this thread should stop short: the exit hook has started on another thread
-/// (a handed-off flush is then left pending, and a failure is not logged, so that no native frame
-/// stays on this thread's stack for longer than it must).
-pub(crate) fn stopping() -> bool {
-    gate().state.load(SeqCst) != OPEN && !EXITING.with(Cell::get)
-}
+/// The environment variable that sets the budget, in seconds.
+pub(crate) const BUDGET_VARIABLE: &str = "ARROYO_METRICS_BUFFER_EXIT_TIMEOUT";
+const DEFAULT_BUDGET: Duration = Duration::from_secs(2);
 
 type Registry = Mutex<Vec<Weak<Shared>>>;
 
@@ -99,38 +59,218 @@ fn live_buffers() -> Vec<Arc<Shared>> {
     live.iter().filter_map(Weak::upgrade).collect()
 }
 
+/// `arroyo_metrics_buffer._exit.emit`, looked up at import.
+static EMIT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// The budget, from the environment (at exit, so that it can be set at any time before), and the
+/// value given if it was not a number of seconds.
+fn budget() -> (Duration, Option<String>) {
+    let Ok(given) = std::env::var(BUDGET_VARIABLE) else {
+        return (DEFAULT_BUDGET, None);
+    };
+    match given.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => (Duration::from_secs_f64(s), None),
+        _ => (DEFAULT_BUDGET, Some(given)),
+    }
+}
+
+/// What became of the values pending at exit.
+#[derive(Default)]
+struct Outcome {
+    pending: usize,
+    emitted: usize,
+    raised: usize,
+    first_error: Option<String>,
+    /// Buffers that another thread was still emitting when they were drained.
+    busy: usize,
+    /// Whether every call into Python on other threads had returned by the deadline.
+    idle: bool,
+}
+
+/// The backend calls pending at exit, made into Python objects a chunk at a time, and only as far
+/// as the exit hook's helper thread gets before the deadline. Not reachable from the module.
+#[pyclass(frozen, module = "arroyo_metrics_buffer._native")]
+struct ExitCalls {
+    /// Each drained buffer's backend, and whether it is called with keywords.
+    backends: Vec<(Py<PyAny>, bool)>,
+    /// Each call: the index of its backend, then what it emits.
+    calls: Vec<(usize, Kind, Arc<Key>, Value)>,
+    next: AtomicUsize,
+    stopped: AtomicBool,
+}
+
+/// Calls per chunk: a fraction of a millisecond's work, so that stopping is prompt.
+const CHUNK: usize = 256;
+
+#[pymethods]
+impl ExitCalls {
+    fn __len__(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// The next calls, as `(backend, method name, args, kwargs or None)`; empty at the end, and
+    /// once stopped. Counted as a call into Python in progress (it makes objects, which may run
+    /// the garbage collector), so that the hook waits for it to return.
+    fn next_chunk<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let chunk = PyList::empty(py);
+        let _pass = gate::enter_for_exit();
+        if self.stopped.load(SeqCst) {
+            return Ok(chunk);
+        }
+        let start = self.next.fetch_add(CHUNK, SeqCst).min(self.calls.len());
+        let end = (start + CHUNK).min(self.calls.len());
+        let mut described: Option<(usize, Described<'py>)> = None;
+        for (at, kind, key, value) in &self.calls[start..end] {
+            let (metrics, keyword_args) = &self.backends[*at];
+            let (_, shapes) = match &mut described {
+                Some((was, shapes)) if was == at => (was, shapes),
+                _ => {
+                    let made = described.insert((*at, Described::new(py, *keyword_args)));
+                    (&mut made.0, &mut made.1)
+                }
+            };
+            let e = Emission {
+                kind: *kind,
+                key,
+                value: *value,
+                count: 1,
+            };
+            chunk.append(shapes.call(metrics.bind(py), &e)?)?;
+        }
+        Ok(chunk)
+    }
+
+    /// No more calls from now on.
+    fn stop(&self) {
+        self.stopped.store(true, SeqCst);
+    }
+}
+
+/// Every live buffer's pending values, taken out; and how many buffers another thread was still
+/// emitting (what that thread holds is not in them).
+fn drain(py: Python<'_>) -> (ExitCalls, usize) {
+    let mut backends = Vec::new();
+    let mut calls = Vec::new();
+    let mut busy = 0;
+    for buffer in live_buffers() {
+        let (window, emitting) = buffer.core.drain();
+        busy += usize::from(emitting);
+        let Some(metrics) = buffer.backend.get(py) else {
+            continue;
+        };
+        let at = backends.len();
+        backends.push((metrics.unbind(), buffer.backend.keyword_args));
+        for e in window.emissions() {
+            calls.push((at, e.kind, Arc::clone(e.key), e.value));
+        }
+    }
+    let calls = ExitCalls {
+        backends,
+        calls,
+        next: AtomicUsize::new(0),
+        stopped: AtomicBool::new(false),
+    };
+    (calls, busy)
+}
+
 /// The exit hook; registered with `atexit` at import, not reachable as a module attribute.
 #[pyfunction]
-fn close(py: Python<'_>) -> PyResult<()> {
-    let gate = gate();
-    EXITING.with(|exiting| exiting.set(true));
-    if gate
-        .state
-        .compare_exchange(OPEN, CLOSING, SeqCst, SeqCst)
-        .is_err()
-    {
-        return Ok(()); // run already
+fn close(py: Python<'_>) {
+    if !gate::begin_exit() {
+        return; // ran already
     }
-    py.detach(|| {
-        let deadline = Instant::now() + WAIT;
-        while gate.in_flight.load(SeqCst) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+    let (budget, invalid) = budget();
+    let start = Instant::now();
+    let deadline = start + budget;
+    let settled = py.detach(|| gate::wait_idle(start + budget / 2));
+    let (calls, busy) = drain(py);
+    let mut outcome = Outcome {
+        pending: calls.calls.len(),
+        busy,
+        ..Outcome::default()
+    };
+    // The helper's last chunk must be done by the deadline: it stops a little before.
+    let stop_at = deadline - (budget / 10).min(Duration::from_millis(100));
+    let left = stop_at.saturating_duration_since(Instant::now());
+    let emitted = Py::new(py, calls).and_then(|calls| {
+        let result = EMIT
+            .get(py)
+            .expect("exit::init runs at module import")
+            .call1(py, (&calls, left.as_secs_f64()));
+        calls.get().stop();
+        result?.extract::<(usize, usize, Option<String>)>(py)
     });
-    let mut raised = None;
-    for buffer in live_buffers() {
-        if let Err(e) = buffer.flush(py) {
-            raised.get_or_insert(e); // KeyboardInterrupt or SystemExit: still flush the others
+    match emitted {
+        Ok((emitted, raised, first_error)) => {
+            (outcome.emitted, outcome.raised, outcome.first_error) = (emitted, raised, first_error)
         }
+        Err(e) => outcome.first_error = Some(failure::describe(py, &e)),
     }
-    gate.state.store(CLOSED, SeqCst);
-    raised.map_or(Ok(()), Err)
+    outcome.idle = settled && py.detach(|| gate::wait_idle(deadline));
+    report(py, &outcome, budget, invalid.as_deref());
+}
+
+/// The one line about the exit, if there is anything to say; nothing that logging raises
+/// escapes (the process is exiting: there is nothing left to keep safe).
+fn report(py: Python<'_>, o: &Outcome, budget: Duration, invalid: Option<&str>) {
+    let refused = gate::refused();
+    let dropped = o.pending - o.emitted - o.raised;
+    let mut parts = vec![format!(
+        "at exit: {} of {} pending metric call(s) emitted",
+        o.emitted, o.pending
+    )];
+    if o.raised > 0 {
+        let error = o.first_error.as_deref().unwrap_or("?");
+        parts.push(format!("{} raised (the first: {error})", o.raised));
+    }
+    if dropped > 0 {
+        parts.push(format!(
+            "{dropped} dropped: not emitted within the {} s exit budget ({BUDGET_VARIABLE})",
+            budget.as_secs_f64()
+        ));
+    }
+    if o.busy > 0 {
+        parts.push(format!(
+            "{} buffer(s) were being emitted by another thread, and what it had not sent was \
+             dropped",
+            o.busy
+        ));
+    }
+    if !o.idle {
+        parts.push(
+            "a call into Python from another thread (a metrics backend call, most likely) had \
+             not returned by the deadline"
+                .to_owned(),
+        );
+    }
+    if refused > 0 {
+        parts.push(format!(
+            "{refused} call(s) from other threads after exit began were ignored"
+        ));
+    }
+    if let Some(given) = invalid {
+        parts.push(format!(
+            "{BUDGET_VARIABLE}={given:?} is not a number of seconds, so the default {} s was used",
+            DEFAULT_BUDGET.as_secs_f64()
+        ));
+    }
+    let lost = o.raised > 0 || dropped > 0 || o.busy > 0 || !o.idle || invalid.is_some();
+    let message = parts.join("; ");
+    if lost {
+        let _ = failure::warn(py, &message);
+    } else if o.emitted > 0 || refused > 0 {
+        let _ = failure::log(py, pyo3::intern!(py, "info"), &message);
+    }
 }
 
 /// Registers the exit hook (at import). Everything lazy here is made now, not at fork time.
 pub(crate) fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let _ = (gate(), registry());
+    let py = m.py();
+    let _ = registry();
+    gate::init();
+    let emit = py.import("arroyo_metrics_buffer._exit")?.getattr("emit")?;
+    let _ = EMIT.set(py, emit.unbind());
     let hook = wrap_pyfunction!(close, m)?;
-    m.py().import("atexit")?.call_method1("register", (hook,))?;
+    py.import("atexit")?.call_method1("register", (hook,))?;
     Ok(())
 }

@@ -1,63 +1,168 @@
-//! A backend error during an emit: logged once, and never left pending. Whatever logging itself
-//! raises is handled like what the backend raises.
+//! What a backend failure logs, and what it raises. A backend that is down cannot flood the logs:
+//! the first failure of a run of them is logged with its traceback, then at most one summary per
+//! interval, then one line when the backend works again (the policy is the core's
+//! [`FailureLog`](crate::core::FailureLog)). Whatever logging itself raises is handled like what
+//! the backend raises, and no error is left pending.
+//!
+//! Records go to the `arroyo_metrics_buffer` logger, looked up on each record (so logging
+//! configured at any time is honoured), and are made by calling it through [`ffi`], as every call
+//! into Python is.
+
+use std::time::Duration;
 
 use pyo3::exceptions::PyException;
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyList;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyList, PyString};
 
-use crate::exit;
+use crate::core::{FailureReport, Report};
+use crate::{ffi, gate};
 
-/// Called once the data is safe (what was not sent is given back). Logs the backend's error, then
-/// returns the error to raise, if any: the backend's if it is not an `Exception`
-/// (KeyboardInterrupt, SystemExit), else one logging raised that is not an `Exception`. An
-/// `Exception` raised by logging is dropped: it cannot be logged, and must not escape.
-/// While the interpreter exits, another thread than the exiting one does not log (see
-/// [`exit::stopping`]).
-pub(crate) fn handle(py: Python<'_>, err: PyErr, pending: usize) -> PyResult<()> {
-    let logged = if exit::stopping() {
-        Ok(())
-    } else {
-        log(py, &err, pending)
+/// After an emit in which the backend raised `err` (`unsent` calls given back): logs what
+/// `report` says, then returns the error to raise, if any: the backend's if it is not an
+/// `Exception` (KeyboardInterrupt, SystemExit), else one logging raised that is not an
+/// `Exception`. An `Exception` raised by logging is dropped: it cannot be logged, and must not
+/// escape. Nothing is logged once the interpreter exits on another thread (see [`gate`]).
+pub(crate) fn failed(
+    py: Python<'_>,
+    err: PyErr,
+    unsent: usize,
+    report: Option<FailureReport>,
+    interval: Duration,
+) -> PyResult<()> {
+    let logged = match report {
+        Some(report) if !gate::stopping() => {
+            let message = match report.report {
+                Report::First => format!(
+                    "metrics backend raised during a flush; {unsent} metric call(s) kept for the \
+                     next flush (while it keeps failing, this buffer logs one summary every {} s)\n{}",
+                    seconds(interval),
+                    traceback(py, &err).trim_end()
+                ),
+                Report::StillFailing { failed, since } => format!(
+                    "metrics backend still failing: {failed} more failed flush(es) in the last \
+                     {} s; {} metric call(s) waiting, {} sample(s) dropped since the last report; \
+                     the last error: {}",
+                    seconds(since),
+                    report.waiting,
+                    report.dropped,
+                    describe(py, &err)
+                ),
+                Report::Recovered { .. } => unreachable!("a failed flush is not a recovery"),
+            };
+            warn(py, &message)
+        }
+        _ => Ok(()),
     };
     if !err.is_instance_of::<PyException>(py) {
         return Err(err);
     }
+    raise_unless_exception(py, logged)
+}
+
+/// After an emit that worked: the one line that says so, if the flushes before it had failed.
+pub(crate) fn recovered(py: Python<'_>, report: Option<FailureReport>) -> PyResult<()> {
+    let Some(FailureReport {
+        report: Report::Recovered { failed },
+        ..
+    }) = report
+    else {
+        return Ok(());
+    };
+    if gate::stopping() {
+        return Ok(());
+    }
+    let logged = warn(
+        py,
+        &format!(
+            "metrics backend works again after {failed} failed flush(es); what was kept has been \
+             emitted"
+        ),
+    );
+    raise_unless_exception(py, logged)
+}
+
+fn raise_unless_exception(py: Python<'_>, logged: PyResult<()>) -> PyResult<()> {
     match logged {
         Err(e) if !e.is_instance_of::<PyException>(py) => Err(e),
         _ => Ok(()),
     }
 }
 
-/// One warning with the traceback, through pyo3-log. pyo3-log cannot return what the Python
-/// logger raised (a raising filter or handler, a RecursionError): it leaves it set as the
-/// current Python error, so it is taken back here.
-fn log(py: Python<'_>, err: &PyErr, pending: usize) -> PyResult<()> {
-    let traceback = py
-        .import("traceback")
-        .and_then(|tb| tb.call_method1("format_exception", (err.value(py),)))
-        .and_then(|lines| lines.cast_into::<PyList>().map_err(PyErr::from))
-        .map(|lines| {
-            lines
-                .iter()
-                .map(|l| l.to_string())
-                .collect::<Vec<_>>()
-                .concat()
-        })
-        .unwrap_or_else(|_| describe(py, err));
-    log::warn!(
-        target: "arroyo_metrics_buffer",
-        "metrics backend raised during a flush; {pending} metric call(s) kept for the next flush\n{}",
-        traceback.trim_end()
-    );
-    match PyErr::take(py) {
-        Some(raised) => Err(raised),
-        None => Ok(()),
+/// `1`, `0.5`, `60`: seconds as a person writes them.
+fn seconds(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 10.0 {
+        format!("{s:.0}")
+    } else {
+        format!("{s:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_owned()
     }
 }
 
-/// "Type: message" without the traceback, for when formatting it fails (near the recursion
-/// limit). Unlike `PyErr`'s `Display`, it cannot fail.
-fn describe(py: Python<'_>, err: &PyErr) -> String {
+/// `logging.getLogger` and `traceback.format_exception`, looked up at module import.
+struct Callables {
+    get_logger: Py<PyAny>,
+    format_exception: Py<PyAny>,
+}
+
+static CALLABLES: PyOnceLock<Callables> = PyOnceLock::new();
+
+pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
+    let callables = Callables {
+        get_logger: py.import("logging")?.getattr("getLogger")?.unbind(),
+        format_exception: py
+            .import("traceback")?
+            .getattr("format_exception")?
+            .unbind(),
+    };
+    let _ = CALLABLES.set(py, callables);
+    Ok(())
+}
+
+fn callables(py: Python<'_>) -> &Callables {
+    CALLABLES
+        .get(py)
+        .expect("failure::init runs at module import")
+}
+
+/// `logging.getLogger("arroyo_metrics_buffer").<level>(message)`; what it raises is returned.
+pub(crate) fn log(py: Python<'_>, level: &Bound<'_, PyString>, message: &str) -> PyResult<()> {
+    let name = intern!(py, "arroyo_metrics_buffer").clone().into_any();
+    let logger = ffi::call(callables(py).get_logger.bind(py), [&name])?;
+    let message = PyString::new(py, message);
+    ffi::call_method(level, &[logger.as_ptr(), message.as_ptr()], None)?;
+    Ok(())
+}
+
+/// One warning (see [`log`]).
+pub(crate) fn warn(py: Python<'_>, message: &str) -> PyResult<()> {
+    log(py, intern!(py, "warning"), message)
+}
+
+/// The error with its traceback, as Python prints it; "Type: message" if formatting it fails
+/// (near the recursion limit).
+fn traceback(py: Python<'_>, err: &PyErr) -> String {
+    ffi::call(
+        callables(py).format_exception.bind(py),
+        [err.value(py).as_any()],
+    )
+    .and_then(|lines| lines.cast_into::<PyList>().map_err(PyErr::from))
+    .map(|lines| {
+        lines
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .concat()
+    })
+    .unwrap_or_else(|_| describe(py, err))
+}
+
+/// "Type: message" without the traceback. Unlike `PyErr`'s `Display`, it cannot fail.
+pub(crate) fn describe(py: Python<'_>, err: &PyErr) -> String {
     let name = err
         .get_type(py)
         .qualname()

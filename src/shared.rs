@@ -1,14 +1,12 @@
-//! What a `MetricsBuffer` is, shared by its Python object and the exit hook's registry of live
-//! buffers: the core and the backend, and the two ways an emit starts.
-
-use std::sync::Arc;
+//! What a `MetricsBuffer` is, shared by its Python object, its delivery callbacks and the exit
+//! hook's registry of live buffers: the core and the backend, and the two ways an emit starts.
 
 use pyo3::prelude::*;
 
 use crate::backend::Backend;
 use crate::core::{Add, Begin, Buffer};
 use crate::errors::Error;
-use crate::{emit, exit};
+use crate::{emit, gate};
 
 pub(crate) struct Shared {
     pub(crate) core: Buffer,
@@ -16,35 +14,28 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// A new buffer, known to the exit hook (which holds only a weak reference).
-    pub(crate) fn new(core: Buffer, backend: Backend) -> Arc<Self> {
-        let shared = Arc::new(Shared { core, backend });
-        exit::register(&shared);
-        shared
-    }
-
     /// Applies `adds` with the throttle at clock reading `now`, and emits if this call won the
-    /// flush (and emits may start: see [`exit::enter`]).
-    pub(crate) fn record_at<S: AsRef<str>>(
+    /// flush (and calls into Python may start: see [`gate::enter`]).
+    pub(crate) fn record_at<S: AsRef<[u8]>>(
         &self,
         py: Python<'_>,
         adds: &[Add<'_, S>],
         now: f64,
     ) -> PyResult<()> {
-        let won = self.core.record_gated(adds, Some(now), exit::enter);
+        let won = self.core.record_gated(adds, Some(now), gate::enter);
         match won.map_err(Error::from)? {
-            Some((emit, _pass)) => emit::emit_all(py, emit, &self.backend),
+            Some((emit, _pass)) => emit::emit_all(py, emit, &self.core, &self.backend),
             None => Ok(()),
         }
     }
 
-    /// An explicit flush (when emits may start).
+    /// An explicit flush (when calls into Python may start).
     pub(crate) fn flush(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(_pass) = exit::enter() else {
+        let Some(_pass) = gate::enter() else {
             return Ok(());
         };
         match self.core.begin_flush() {
-            Begin::Emit(emit) => emit::emit_all(py, emit, &self.backend),
+            Begin::Emit(emit) => emit::emit_all(py, emit, &self.core, &self.backend),
             Begin::HandedOff | Begin::Reentrant => Ok(()),
         }
     }

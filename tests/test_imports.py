@@ -17,6 +17,7 @@ from helpers import run_python
 PACKAGE = Path(arroyo_metrics_buffer.__file__).parent
 RUNTIME = [
     "arroyo_metrics_buffer",
+    "arroyo_metrics_buffer._exit",
     "arroyo_metrics_buffer._native",
     "arroyo_metrics_buffer._patch",
     "arroyo_metrics_buffer.targets",

@@ -32,18 +32,24 @@ class MetricsBuffer:
     emits hands its flush to that thread instead of waiting.
 
     A backend exception never escapes: what was not sent is kept (ahead of newer keys) for the
-    next flush, nothing sent is sent again, and one warning with the traceback is logged to the
-    ``arroyo_metrics_buffer`` logger. A backend that calls back into the buffer while it is being
-    flushed adds to the next window.
+    next flush, and nothing sent is sent again. The first failure of a run of them is logged with
+    its traceback to the ``arroyo_metrics_buffer`` logger; while the backend keeps failing, at
+    most one summary per ``failure_log_interval`` seconds says how many flushes failed, how many
+    calls wait and how many samples were dropped; one line says when it works again.
+    ``flush_errors`` counts every failure. A backend that calls back into the buffer while it is
+    being flushed adds to the next window.
+
+    Names and tags may be any ``str``, lone surrogates included, and are emitted as the same text.
 
     Reference cycles through the buffer (a backend holding it, its delivery callback or its bound
     ``flush``) are collected by the garbage collector; both classes take weak references.
 
-    At interpreter exit (an ``atexit`` hook registered when this module is imported), threads
-    other than the exiting one start no more flushes (their values stay pending); flushes already
-    running get up to 2 s to finish; then every live buffer is flushed once from the exiting
-    thread, so values recorded and never flushed are emitted; after that nothing is emitted any
-    more (values daemon threads record later stay in memory).
+    At interpreter exit (an ``atexit`` hook registered when this module is imported), the values
+    pending in every live buffer are emitted, within a budget of 2 s in all
+    (``ARROYO_METRICS_BUFFER_EXIT_TIMEOUT``, in seconds), on a daemon thread that is abandoned at
+    the deadline, whatever the backend does; what is not emitted by then is dropped, and one line
+    is logged saying how much. From the moment the hook starts, calls on other threads return at
+    once without recording, and their flushes stop before their next backend call.
 
     In a child forked with ``fork()`` (``os.fork`` or native code), every buffer starts empty; the
     parent keeps its values.
@@ -56,11 +62,13 @@ class MetricsBuffer:
         frequency_sec: SupportsFloat | None = None,
         max_samples: int | None = None,
         keyword_args: bool = False,
+        failure_log_interval: SupportsFloat | None = None,
     ) -> MetricsBuffer:
         """``metrics`` is the backend (``None``: arroyo's ``get_metrics()`` now, which needs arroyo
         installed); ``frequency_sec`` (default 1.0) must be a non-negative number; at most
         ``max_samples`` (default 1,000,000) samples are held, and further ones are dropped and
-        counted in ``dropped_samples``."""
+        counted in ``dropped_samples``; while the backend keeps failing, at most one summary is
+        logged per ``failure_log_interval`` seconds (default 60, non-negative)."""
 
     @property
     def metrics(self) -> Any:
@@ -73,6 +81,8 @@ class MetricsBuffer:
     def max_samples(self) -> int: ...
     @property
     def keyword_args(self) -> bool: ...
+    @property
+    def failure_log_interval(self) -> float: ...
     @property
     def flushes(self) -> int:
         """Windows emitted (or attempted) so far."""
@@ -125,6 +135,9 @@ class DeliveryCallback:
     def __call__(
         self, error: object | None, _message: object, time_of_produce: float | None = None
     ) -> None: ...
+    @staticmethod
+    def reports_on_this_thread() -> int:
+        """How many delivery reports any ``DeliveryCallback`` has counted on the calling thread."""
 
 def reset_logging() -> None:
     """Forget cached Python loggers (after the application replaced its logger objects)."""

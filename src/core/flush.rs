@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::thread::{self, ThreadId};
 
+use super::failures::FailureLog;
 use super::{Buffer, Emission, Window};
 
 /// What the buffer's lock guards.
@@ -14,15 +15,20 @@ pub(super) struct State {
     pub(super) last_flush: f64,
     emitter: Option<ThreadId>,
     flush_requested: bool,
+    pub(super) failures: FailureLog,
+    /// `dropped_samples` as of the last failure report.
+    pub(super) dropped_reported: u64,
 }
 
 impl State {
-    pub(super) fn new(window: Window, last_flush: f64) -> Self {
+    pub(super) fn new(window: Window, last_flush: f64, failures: FailureLog) -> Self {
         State {
             window,
             last_flush,
             emitter: None,
             flush_requested: false,
+            failures,
+            dropped_reported: 0,
         }
     }
 
@@ -106,12 +112,22 @@ impl<'a> Emit<'a> {
         Some(Emit::new(self.buffer, next))
     }
 
+    /// Ends the emit early without counting a failure (the interpreter is exiting): what did not
+    /// go out goes back, ahead of what arrived meanwhile, and the role ends here.
+    pub fn give_back(mut self) {
+        if let Some(window) = self.window.take() {
+            let unsent = window.remainder(self.sent);
+            self.buffer.end_flush(Some(unsent), None, false);
+        }
+    }
+
     fn finish(&mut self, now: Option<f64>) -> Option<Window> {
         let window = self.window.take()?;
         let all_sent = self.sent == window.emission_count();
         let unsent = (!all_sent).then(|| window.remainder(self.sent));
         drop(window);
-        self.buffer.end_flush(unsent, now)
+        let failed = unsent.is_some();
+        self.buffer.end_flush(unsent, now, failed)
     }
 }
 
@@ -120,7 +136,7 @@ impl Drop for Emit<'_> {
         if let Some(window) = self.window.take() {
             // Not ended: give back what did not go out, failed or not, and end the role.
             self.buffer
-                .end_flush(Some(window.remainder(self.sent)), None);
+                .end_flush(Some(window.remainder(self.sent)), None, true);
         }
     }
 }
@@ -139,21 +155,28 @@ impl Buffer {
         }
     }
 
-    /// Ends an emit: see [`Emit::end`]. `unsent` is what did not go out (`None`: success). Returns
-    /// the next window to emit, if the role goes on.
-    fn end_flush(&self, unsent: Option<Window>, now: Option<f64>) -> Option<Window> {
+    /// Everything pending now, taken out whatever emit is in progress (at interpreter exit, for
+    /// the last emission); and whether another emit was in progress (its window is not in it).
+    pub fn drain(&self) -> (Window, bool) {
+        let mut state = self.shared().lock();
+        (state.window.take(), state.emitter.is_some())
+    }
+
+    /// Ends an emit: see [`Emit::end`]. `unsent` is what did not go out (`None`: all of it did);
+    /// `failed`, whether to count a failure. Returns the next window to emit, if the role goes on.
+    fn end_flush(&self, unsent: Option<Window>, now: Option<f64>, failed: bool) -> Option<Window> {
         let shared = self.shared();
         let mut state = shared.lock();
         if let Some(now) = now {
             shared.set_last_flush(&mut state, now);
         }
-        let failed = unsent.is_some();
+        let gave_back = unsent.is_some();
         let mut dropped = 0;
         if let Some(unsent) = unsent {
             let newer = std::mem::replace(&mut state.window, unsent);
             dropped = state.window.absorb(newer, self.max_samples);
         }
-        let next = if state.flush_requested && !failed {
+        let next = if state.flush_requested && !gave_back {
             Some(state.window.take())
         } else {
             state.emitter = None;

@@ -1,4 +1,8 @@
 //! What a value is recorded under: a kind, a metric name and its tags; and how keys are hashed.
+//!
+//! Names and tags are bytes, not `str`: the bindings hand over any Python `str`, lone surrogates
+//! included (encoded as UTF-8 with `surrogatepass`, which Rust's `str` cannot hold), and give back
+//! the same text. From Rust, a `&str` is passed as its bytes.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 
@@ -30,40 +34,43 @@ impl Value {
     }
 }
 
+/// A name, a tag key or a tag value: the text's UTF-8 bytes.
+pub type Text = Box<[u8]>;
+
 /// A tag list, in the order the caller gave it.
-pub type Tags = Box<[(Box<str>, Box<str>)]>;
+pub type Tags = Box<[(Text, Text)]>;
 
 /// A metric name and its tags. Two keys are the same when their names are equal and their tags are
 /// equal as mappings (order does not matter); the tags are emitted in their first-seen order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Key {
-    pub name: Box<str>,
+    pub name: Text,
     pub tags: Tags,
 }
 
 /// An owned copy of borrowed tags, in the same order.
-pub fn own_tags<S: AsRef<str>>(tags: &[(S, S)]) -> Tags {
+pub fn own_tags<S: AsRef<[u8]>>(tags: &[(S, S)]) -> Tags {
     tags.iter()
         .map(|(k, v)| (k.as_ref().into(), v.as_ref().into()))
         .collect()
 }
 
 impl Key {
-    pub fn new<S: AsRef<str>>(name: &str, tags: &[(S, S)]) -> Self {
+    pub fn new<S: AsRef<[u8]>>(name: impl AsRef<[u8]>, tags: &[(S, S)]) -> Self {
         Key {
-            name: name.into(),
+            name: name.as_ref().into(),
             tags: own_tags(tags),
         }
     }
 
     /// Whether this is the key of `name` and `tags` (tags in any order).
-    pub(super) fn matches<S: AsRef<str>>(&self, name: &str, tags: &[(S, S)]) -> bool {
+    pub(super) fn matches<S: AsRef<[u8]>>(&self, name: &[u8], tags: &[(S, S)]) -> bool {
         *self.name == *name && same_tags(&self.tags, tags)
     }
 }
 
 /// Whether two tag lists are the same mapping (each has distinct tag names, as a mapping's do).
-pub(super) fn same_tags<A: AsRef<str>, B: AsRef<str>>(a: &[(A, A)], b: &[(B, B)]) -> bool {
+pub(super) fn same_tags<A: AsRef<[u8]>, B: AsRef<[u8]>>(a: &[(A, A)], b: &[(B, B)]) -> bool {
     let same = |(ak, av): &(A, A), (bk, bv): &(B, B)| {
         ak.as_ref() == bk.as_ref() && av.as_ref() == bv.as_ref()
     };
@@ -78,7 +85,7 @@ pub struct KeyHasher(foldhash::fast::RandomState);
 
 impl KeyHasher {
     /// Order-insensitive in the tags, so that equal mappings find the same entry.
-    pub fn hash<S: AsRef<str>>(&self, kind: Kind, name: &str, tags: &[(S, S)]) -> u64 {
+    pub fn hash<S: AsRef<[u8]>>(&self, kind: Kind, name: &[u8], tags: &[(S, S)]) -> u64 {
         let mut tag_sum = 0u64;
         for (k, v) in tags {
             let mut t = self.0.build_hasher();
@@ -88,7 +95,7 @@ impl KeyHasher {
         }
         let mut h = self.0.build_hasher();
         h.write_u64(kind as u64 | (tags.len() as u64) << 8);
-        h.write(name.as_bytes());
+        h.write(name);
         h.write_u64(tag_sum);
         h.finish()
     }
@@ -103,17 +110,17 @@ mod tests {
         let hasher = KeyHasher::default();
         let key = Key::new("m", &[("a", "1"), ("b", "2")]);
         let swapped = [("b", "2"), ("a", "1")];
-        assert!(key.matches("m", &swapped));
+        assert!(key.matches(b"m", &swapped));
         assert_eq!(
-            hasher.hash(Kind::Counter, "m", &swapped),
-            hasher.hash(Kind::Counter, "m", &key.tags)
+            hasher.hash(Kind::Counter, b"m", &swapped),
+            hasher.hash(Kind::Counter, b"m", &key.tags)
         );
-        assert!(!key.matches("m", &[("a", "1"), ("b", "1")]));
-        assert!(!key.matches("m", &[("a", "1")]));
-        assert!(!key.matches("n", &swapped));
+        assert!(!key.matches(b"m", &[("a", "1"), ("b", "1")]));
+        assert!(!key.matches(b"m", &[("a", "1")]));
+        assert!(!key.matches(b"n", &swapped));
         assert_ne!(
-            hasher.hash(Kind::Timer, "m", &swapped),
-            hasher.hash(Kind::Counter, "m", &swapped)
+            hasher.hash(Kind::Timer, b"m", &swapped),
+            hasher.hash(Kind::Counter, b"m", &swapped)
         );
     }
 }

@@ -4,18 +4,21 @@
 //! emits it after the lock is released; [`flush`] has the protocol that makes one thread at a
 //! time the emitter. [`fork`] keeps a forked child off the parent's lock.
 
+mod failures;
 mod flush;
 mod fork;
 mod key;
 mod window;
 
+pub use failures::{FailureLog, Report};
 pub use flush::{Begin, Emit};
 pub use fork::{after_fork_in_child, register_at_fork, ForkLocal};
-pub use key::{Key, Kind, Value};
+pub use key::{Key, Kind, Text, Value};
 pub use window::{Add, Emission, Entry, Prepared, Window};
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use flush::State;
 use key::KeyHasher;
@@ -52,6 +55,19 @@ pub struct Stats {
     pub dropped_samples: u64,
 }
 
+/// How long a failing backend's failures are summarised for, by default (see [`FailureLog`]).
+pub const DEFAULT_FAILURE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What to tell about the backend after a flush: a [`Report`], with what the buffer holds then.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailureReport {
+    pub report: Report,
+    /// Backend calls the buffer's pending values make now.
+    pub waiting: usize,
+    /// Samples dropped (beyond `max_samples`) since the last report.
+    pub dropped: u64,
+}
+
 /// The lock and what it guards, for one fork generation of the process.
 struct Shared {
     state: Mutex<State>,
@@ -60,9 +76,11 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(last_flush: f64, hasher: &KeyHasher) -> Self {
+    fn new(last_flush: f64, hasher: &KeyHasher, failure_interval: Duration) -> Self {
+        let window = Window::new(hasher.clone());
+        let failures = FailureLog::new(failure_interval);
         Shared {
-            state: Mutex::new(State::new(Window::new(hasher.clone()), last_flush)),
+            state: Mutex::new(State::new(window, last_flush, failures)),
             last_flush: AtomicU64::new(last_flush.to_bits()),
         }
     }
@@ -86,6 +104,9 @@ pub struct Buffer {
     hasher: KeyHasher,
     frequency: f64,
     max_samples: usize,
+    failure_interval: Duration,
+    /// Whether the last flush failed (so that a flush that works need not lock to tell).
+    failing: AtomicBool,
     flushes: AtomicU64,
     flush_errors: AtomicU64,
     dropped_samples: AtomicU64,
@@ -96,26 +117,64 @@ impl Buffer {
     pub fn new(frequency: f64, max_samples: usize, now: f64) -> Self {
         let hasher = KeyHasher::default();
         Buffer {
-            shared: ForkLocal::new(Shared::new(now, &hasher)),
+            shared: ForkLocal::new(Shared::new(now, &hasher, DEFAULT_FAILURE_INTERVAL)),
             hasher,
             frequency,
             max_samples,
+            failure_interval: DEFAULT_FAILURE_INTERVAL,
+            failing: AtomicBool::new(false),
             flushes: AtomicU64::new(0),
             flush_errors: AtomicU64::new(0),
             dropped_samples: AtomicU64::new(0),
         }
     }
 
+    /// At most one summary of a failing backend's failures per `interval` (see [`FailureLog`]).
+    pub fn with_failure_interval(mut self, interval: Duration) -> Self {
+        self.failure_interval = interval;
+        self.shared().lock().failures = FailureLog::new(interval);
+        self
+    }
+
     #[inline]
     fn shared(&self) -> &Shared {
         self.shared.get(|parent| {
             let last_flush = f64::from_bits(parent.last_flush.load(Ordering::Acquire));
-            Shared::new(last_flush, &self.hasher)
+            Shared::new(last_flush, &self.hasher, self.failure_interval)
+        })
+    }
+
+    pub fn failure_interval(&self) -> Duration {
+        self.failure_interval
+    }
+
+    /// After a flush ended (`failed`: the backend raised), at `now`: what to tell about the
+    /// backend, if anything. A flush that works while nothing failed before does not lock.
+    pub fn failure_report(&self, failed: bool, now: Instant) -> Option<FailureReport> {
+        if !failed && !self.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut state = self.shared().lock();
+        let report = if failed {
+            state.failures.failed(now)
+        } else {
+            state.failures.succeeded()
+        };
+        self.failing
+            .store(state.failures.failing(), Ordering::Release);
+        let report = report?;
+        let dropped_total = self.dropped_samples.load(Ordering::Relaxed);
+        let dropped = dropped_total.saturating_sub(state.dropped_reported);
+        state.dropped_reported = dropped_total;
+        Some(FailureReport {
+            report,
+            waiting: state.window.emission_count(),
+            dropped,
         })
     }
 
     /// A key to add to over and over ([`Prepared::add`]).
-    pub fn prepare<S: AsRef<str>>(&self, kind: Kind, name: &str, tags: &[(S, S)]) -> Prepared {
+    pub fn prepare<S: AsRef<[u8]>>(&self, kind: Kind, name: &[u8], tags: &[(S, S)]) -> Prepared {
         Prepared::new(&self.hasher, kind, name, tags)
     }
 
@@ -130,7 +189,7 @@ impl Buffer {
     /// Applies `adds` (all or none). When `now` is given and more than the frequency has passed
     /// since the last flush and nobody is emitting, this caller wins the flush: the window, with
     /// these values in it, is returned for it to emit.
-    pub fn record<S: AsRef<str>>(
+    pub fn record<S: AsRef<[u8]>>(
         &self,
         adds: &[Add<'_, S>],
         now: Option<f64>,
@@ -142,7 +201,7 @@ impl Buffer {
     /// [`Buffer::record`], where winning the flush also takes a pass from `permit`. It is asked
     /// under the lock, only when the flush is due, so it must be quick and call no Python; when it
     /// refuses, the values stay for a later flush.
-    pub fn record_gated<S: AsRef<str>, P>(
+    pub fn record_gated<S: AsRef<[u8]>, P>(
         &self,
         adds: &[Add<'_, S>],
         now: Option<f64>,
@@ -198,6 +257,11 @@ pub(crate) mod testing {
 
     pub const NO_TAGS: &[(&str, &str)] = &[];
 
+    /// A name or tag as a `String` (the tests' names are UTF-8).
+    pub fn text(bytes: &[u8]) -> String {
+        String::from_utf8(bytes.to_vec()).expect("the tests' names are UTF-8")
+    }
+
     pub fn add<'a>(
         kind: Kind,
         name: &'a str,
@@ -206,7 +270,7 @@ pub(crate) mod testing {
     ) -> Add<'a, &'a str> {
         Add {
             kind,
-            name,
+            name: name.as_bytes(),
             tags,
             amount,
             prepared: None,
@@ -219,7 +283,7 @@ pub(crate) mod testing {
 
     pub fn emitted(w: &Window) -> Vec<(Kind, String, Value)> {
         w.emissions()
-            .map(|e| (e.kind, e.key.name.to_string(), e.value))
+            .map(|e| (e.kind, text(&e.key.name), e.value))
             .collect()
     }
 
@@ -235,7 +299,7 @@ pub(crate) mod testing {
     pub fn send_all(emit: &mut Emit<'_>) -> Vec<(Kind, String, Value)> {
         let mut sent = Vec::new();
         let result = emit.send(|e| {
-            sent.push((e.kind, e.key.name.to_string(), e.value));
+            sent.push((e.kind, text(&e.key.name), e.value));
             Ok::<(), ()>(())
         });
         assert!(result.is_ok());
@@ -275,7 +339,7 @@ mod tests {
         while let Some(mut emit) = next {
             let mut t = totals.lock().unwrap();
             let sent = emit.send(|e| {
-                let slot = t.entry((e.kind, e.key.name.to_string())).or_default();
+                let slot = t.entry((e.kind, text(&e.key.name))).or_default();
                 slot.0 += match e.value {
                     Value::Int(i) => i as f64,
                     Value::Float(f) => f,
@@ -389,7 +453,7 @@ mod tests {
         b.record(&[counter("child", 1)], None).unwrap();
         let snap = b.snapshot();
         assert_eq!(snap.len(), 1);
-        assert_eq!(snap[0].1.name.as_ref(), "child");
+        assert_eq!(&*snap[0].1.name, b"child");
         assert!(
             b.record(&[counter("child", 1)], Some(7.5))
                 .unwrap()

@@ -10,7 +10,7 @@ use super::CoreError;
 /// One change to make to a window: add `amount` under (`kind`, `name`, `tags`).
 pub struct Add<'a, S> {
     pub kind: Kind,
-    pub name: &'a str,
+    pub name: &'a [u8],
     pub tags: &'a [(S, S)],
     pub amount: Value,
     /// The same key made in advance (`name` and `tags` are its own), for keys used over and over;
@@ -31,10 +31,10 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    pub(super) fn new<S: AsRef<str>>(
+    pub(super) fn new<S: AsRef<[u8]>>(
         hasher: &KeyHasher,
         kind: Kind,
-        name: &str,
+        name: &[u8],
         tags: &[(S, S)],
     ) -> Self {
         Prepared {
@@ -44,7 +44,7 @@ impl Prepared {
         }
     }
 
-    pub fn add(&self, amount: Value) -> Add<'_, Box<str>> {
+    pub fn add(&self, amount: Value) -> Add<'_, Box<[u8]>> {
         Add {
             kind: self.kind,
             name: &self.key.name,
@@ -126,7 +126,7 @@ impl Window {
     }
 
     /// The entry an untagged name or a prepared key was last found at, if it still matches.
-    fn hinted<S: AsRef<str>>(&self, add: &Add<'_, S>) -> Option<u32> {
+    fn hinted<S: AsRef<[u8]>>(&self, add: &Add<'_, S>) -> Option<u32> {
         let address = Self::hint_address(add)?;
         let (hinted, at) = self.hints[Self::hint_slot(address, add.kind)];
         let e = self.entries.get(at as usize)?;
@@ -139,24 +139,24 @@ impl Window {
 
     /// What a hint is kept by: the address of a prepared key's `Arc` or of an untagged name's
     /// bytes; tagged keys made on each call have none.
-    fn hint_address<S: AsRef<str>>(add: &Add<'_, S>) -> Option<usize> {
+    fn hint_address<S: AsRef<[u8]>>(add: &Add<'_, S>) -> Option<usize> {
         match add.prepared {
             Some(p) => Some(Arc::as_ptr(&p.key) as usize),
             None => add.tags.is_empty().then_some(add.name.as_ptr() as usize),
         }
     }
 
-    fn remember<S: AsRef<str>>(&mut self, add: &Add<'_, S>, at: u32) {
+    fn remember<S: AsRef<[u8]>>(&mut self, add: &Add<'_, S>, at: u32) {
         if let Some(address) = Self::hint_address(add) {
             self.hints[Self::hint_slot(address, add.kind)] = (address, at);
         }
     }
 
-    fn find<S: AsRef<str>>(
+    fn find<S: AsRef<[u8]>>(
         &self,
         hash: u64,
         kind: Kind,
-        name: &str,
+        name: &[u8],
         tags: &[(S, S)],
     ) -> Option<u32> {
         let entries = &self.entries;
@@ -183,7 +183,7 @@ impl Window {
         at
     }
 
-    fn hash_of<S: AsRef<str>>(&self, add: &Add<'_, S>) -> u64 {
+    fn hash_of<S: AsRef<[u8]>>(&self, add: &Add<'_, S>) -> u64 {
         match add.prepared {
             Some(p) => p.hash,
             None => self.hasher.hash(add.kind, add.name, add.tags),
@@ -191,7 +191,7 @@ impl Window {
     }
 
     /// The hash of an add's key (0 when a hint found it) and its entry, if there is one.
-    fn locate<S: AsRef<str>>(&self, add: &Add<'_, S>) -> (u64, Option<u32>) {
+    fn locate<S: AsRef<[u8]>>(&self, add: &Add<'_, S>) -> (u64, Option<u32>) {
         if let Some(at) = self.hinted(add) {
             return (0, Some(at));
         }
@@ -201,7 +201,7 @@ impl Window {
 
     /// Checks every change, then applies them all, or none. Samples beyond `max_samples` are
     /// dropped and counted in the return value.
-    pub(super) fn apply<S: AsRef<str>>(
+    pub(super) fn apply<S: AsRef<[u8]>>(
         &mut self,
         adds: &[Add<'_, S>],
         max_samples: usize,
@@ -251,7 +251,7 @@ impl Window {
 
     /// Refuses a counter add whose sum would leave the i64 range, counting the `earlier` adds of
     /// the same batch to the same key. `at` is the key's entry, if it has one.
-    fn check_counter<S: AsRef<str>>(
+    fn check_counter<S: AsRef<[u8]>>(
         &self,
         at: Option<u32>,
         earlier: &[Add<'_, S>],
@@ -274,7 +274,7 @@ impl Window {
         match sum.checked_add(delta) {
             Some(_) => Ok(()),
             None => Err(CoreError::CounterOverflow {
-                name: add.name.to_owned(),
+                name: String::from_utf8_lossy(add.name).into_owned(),
                 sum,
                 delta,
             }),
@@ -529,7 +529,7 @@ mod tests {
         let c: Vec<_> = given_back
             .entries()
             .iter()
-            .filter(|e| &*e.key.name == "c" && e.key.tags.is_empty())
+            .filter(|e| &*e.key.name == b"c" && e.key.tags.is_empty())
             .map(|e| (e.sum, e.count))
             .collect();
         assert_eq!(c, vec![(Value::Int(i64::MAX - 1), 1), (Value::Int(7), 2)]);
@@ -611,13 +611,13 @@ mod tests {
             }
         }
         let tags = [("k", "m7")];
-        let prepared = Prepared::new(&hasher, Kind::Counter, "m7", &tags);
+        let prepared = Prepared::new(&hasher, Kind::Counter, b"m7", &tags);
         w.apply(&[prepared.add(Value::Int(1))], usize::MAX).unwrap();
         assert_eq!(w.entries().len(), 1000);
         assert!(w
             .entries()
             .iter()
-            .all(|e| e.count == 2 || &*e.key.name == "m7"));
+            .all(|e| e.count == 2 || &*e.key.name == b"m7"));
         assert_eq!(w.entries()[7].sum, Value::Int(3));
     }
 
@@ -625,10 +625,16 @@ mod tests {
     fn a_prepared_key_is_the_key_of_its_name_and_tags_however_it_is_found() {
         let hasher = KeyHasher::default();
         let tags = [("status", "ok"), ("p", "x")];
-        let p = Prepared::new(&hasher, Kind::Counter, "c", &tags);
-        let twin = Prepared::new(&hasher, Kind::Counter, "c", &[("p", "x"), ("status", "ok")]);
-        let s = Prepared::new(&hasher, Kind::Sample, "c", &tags);
-        let apply = |w: &mut Window, adds: &[Add<'_, Box<str>>]| w.apply(adds, usize::MAX).unwrap();
+        let p = Prepared::new(&hasher, Kind::Counter, b"c", &tags);
+        let twin = Prepared::new(
+            &hasher,
+            Kind::Counter,
+            b"c",
+            &[("p", "x"), ("status", "ok")],
+        );
+        let s = Prepared::new(&hasher, Kind::Sample, b"c", &tags);
+        let apply =
+            |w: &mut Window, adds: &[Add<'_, Box<[u8]>>]| w.apply(adds, usize::MAX).unwrap();
         let plain = |w: &mut Window, n: i64| {
             w.apply(&[add(Kind::Counter, "c", &tags, Value::Int(n))], usize::MAX)
                 .unwrap()
@@ -667,13 +673,13 @@ mod tests {
         let tags = [("t", "1")];
         w.apply(&[add(Kind::Counter, "a", &tags, Value::Int(1))], usize::MAX)
             .unwrap();
-        let first = Prepared::new(&hasher, Kind::Counter, "a", &tags);
+        let first = Prepared::new(&hasher, Kind::Counter, b"a", &tags);
         w.apply(&[first.add(Value::Int(2))], usize::MAX).unwrap(); // hinted at its address
         let address = Arc::as_ptr(&first.key);
         drop(first); // its entry was not made from it, so nothing keeps its allocation
         let mut made = Vec::new();
         let other = loop {
-            let p = Prepared::new(&hasher, Kind::Counter, "b", &tags);
+            let p = Prepared::new(&hasher, Kind::Counter, b"b", &tags);
             if Arc::as_ptr(&p.key) == address {
                 break p;
             }
@@ -693,7 +699,7 @@ mod tests {
     #[test]
     fn a_prepared_key_carried_over_and_kept_apart_at_overflow_adds_to_its_newest_entry() {
         let hasher = KeyHasher::default();
-        let p = Prepared::new(&hasher, Kind::Counter, "c", &[("t", "1")]);
+        let p = Prepared::new(&hasher, Kind::Counter, b"c", &[("t", "1")]);
         let mut old = Window::new(hasher.clone());
         old.apply(&[p.add(Value::Int(i64::MAX))], usize::MAX)
             .unwrap();

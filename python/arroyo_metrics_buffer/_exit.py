@@ -1,0 +1,79 @@
+"""The last emission at interpreter exit (the native exit hook is in ``src/exit.rs``).
+
+The metric calls still pending are made on a daemon thread, which the hook waits for until its
+deadline and then abandons, so that a backend that blocks, or waits on a lock the exiting thread
+holds, cannot keep the process from exiting. That thread's stack holds only CPython's frames and
+this module's: on CPython < 3.14, a thread that interpreter finalization ends is unwound, which
+aborts the process if native frames are on its stack, and is safe through these.
+
+A leaf module: it imports nothing of this package (the native module imports it at its own import).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Protocol
+
+#: (backend, method name, positional arguments, keyword arguments or None), as arroyo calls it.
+Call = tuple[Any, str, tuple[Any, ...], "dict[str, Any] | None"]
+
+
+class Calls(Protocol):
+    """The native module's calls pending at exit (see ``ExitCalls`` in ``src/exit.rs``)."""
+
+    def __len__(self) -> int: ...
+    def next_chunk(self) -> list[Call]: ...
+    def stop(self) -> None: ...
+
+
+class _Emission:
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+        self.made = 0
+        self.raised = 0
+        self.first_error: str | None = None
+        self.stop = False
+
+    def run(self) -> None:
+        while not self.stop:
+            chunk = self.calls.next_chunk()
+            if not chunk:
+                return
+            for backend, method, args, kwargs in chunk:
+                if self.stop:
+                    return
+                try:
+                    if kwargs is None:
+                        getattr(backend, method)(*args)
+                    else:
+                        getattr(backend, method)(*args, **kwargs)
+                except BaseException as e:  # the process is exiting: count it, and go on
+                    self.raised += 1
+                    if self.first_error is None:
+                        self.first_error = describe(e)
+                else:
+                    self.made += 1
+
+
+def describe(error: BaseException) -> str:
+    try:
+        return f"{type(error).__name__}: {error}"
+    except BaseException:  # a __str__ that raises
+        return type(error).__name__
+
+
+def emit(calls: Calls, timeout: float) -> tuple[int, int, str | None]:
+    """Makes `calls` in order on a daemon thread, and waits up to `timeout` seconds for it: then
+    that thread makes no further call. Returns how many calls were made, how many raised, and
+    the first error."""
+    emission = _Emission(calls)
+    if len(calls):
+        thread = threading.Thread(target=emission.run, name="arroyo_metrics_buffer: exit", daemon=True)
+        try:
+            thread.start()
+            thread.join(timeout)
+        except BaseException:  # KeyboardInterrupt while waiting, or no thread to be had: stop now
+            pass
+        emission.stop = True
+        calls.stop()
+    return emission.made, emission.raised, emission.first_error

@@ -1,0 +1,266 @@
+//! The one door for raw CPython: every call from native code into Python code, and the CPython
+//! calls pyo3 does not wrap, each behind a safe function.
+//!
+//! # Why calls into Python go through a frame of their own
+//!
+//! On CPython < 3.14 a thread that wants the GIL back while the interpreter finalizes is ended with
+//! `pthread_exit`, which on glibc unwinds its stack by forced unwinding. Unwinding into a frame of
+//! native code that cannot unwind (every pyo3 method's `extern "C"` trampoline, and the `Drop`
+//! landing pads below it) aborts the process. That is what happens when a daemon thread is in a
+//! metrics backend call made from our code (say, one that blocks for longer than the exit budget)
+//! and the call returns while the interpreter finalizes.
+//!
+//! So on glibc (x86_64 and aarch64), Python is called through [`CALL`], eight instructions of
+//! assembly with no unwind information. The unwinder stops there as at the end of a stack, and
+//! glibc then ends the thread as it does for C frames without unwind information: it jumps
+//! straight to the thread's start (`__libc_unwind_longjmp` in glibc's `unwind_stop`), so none of
+//! our frames is unwound into. Those frames are abandoned, as a thread that blocks for good
+//! abandons them: no Rust lock is ever held across a call into Python, and what they own (an
+//! emitter role, references) goes with the exiting process. Elsewhere `pthread_exit` does not
+//! unwind (macOS, musl), and CPython 3.14+ parks the thread instead, so a direct call is as safe.
+
+use pyo3::ffi::{self, PyObject, Py_ssize_t};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString, PyTuple};
+
+#[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
+std::arch::global_asm!(
+    ".text",
+    ".p2align 4",
+    ".globl arroyo_metrics_buffer_call_python",
+    ".hidden arroyo_metrics_buffer_call_python",
+    ".type arroyo_metrics_buffer_call_python,@function",
+    "arroyo_metrics_buffer_call_python:",
+    // The four arguments stay in rdi, rsi, rdx and rcx; the function is the fifth (r8). The push
+    // keeps the stack 16-byte aligned at the call, and rbx callee-saved.
+    "push rbx",
+    "call r8",
+    "pop rbx",
+    "ret",
+    ".size arroyo_metrics_buffer_call_python, .-arroyo_metrics_buffer_call_python",
+);
+
+#[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "aarch64"))]
+std::arch::global_asm!(
+    ".text",
+    ".p2align 2",
+    ".globl arroyo_metrics_buffer_call_python",
+    ".hidden arroyo_metrics_buffer_call_python",
+    ".type arroyo_metrics_buffer_call_python,%function",
+    "arroyo_metrics_buffer_call_python:",
+    // The four arguments stay in x0-x3; the function is the fifth (x4). The frame record keeps the
+    // link register across the call.
+    "stp x29, x30, [sp, #-16]!",
+    "mov x29, sp",
+    "blr x4",
+    "ldp x29, x30, [sp], #16",
+    "ret",
+    ".size arroyo_metrics_buffer_call_python, .-arroyo_metrics_buffer_call_python",
+);
+
+/// `PyObject_Vectorcall` and `PyObject_VectorcallMethod`: the callable (or method name), the
+/// arguments (the object first, for a method), their number, and the keyword names or NULL.
+type Vectorcall = unsafe extern "C" fn(
+    *mut PyObject,
+    *const *mut PyObject,
+    usize,
+    *mut PyObject,
+) -> *mut PyObject;
+
+/// A CPython function of one object that returns one.
+type Unary = unsafe extern "C" fn(*mut PyObject) -> *mut PyObject;
+
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod frame {
+    use super::{PyObject, Unary, Vectorcall};
+
+    extern "C" {
+        /// Calls `function` with the four integer-register arguments before it, from a frame
+        /// without unwind information (see the module doc). Declared with the widest signature
+        /// that it passes on; [`unary`] calls a one-argument function through it, which ignores
+        /// the registers it does not read.
+        #[link_name = "arroyo_metrics_buffer_call_python"]
+        fn call_python(
+            a: *mut PyObject,
+            b: *const *mut PyObject,
+            c: usize,
+            d: *mut PyObject,
+            function: Vectorcall,
+        ) -> *mut PyObject;
+    }
+
+    /// # Safety
+    /// As for calling `function(a, b, c, d)` itself.
+    pub(super) unsafe fn vectorcall(
+        function: Vectorcall,
+        a: *mut PyObject,
+        b: *const *mut PyObject,
+        c: usize,
+        d: *mut PyObject,
+    ) -> *mut PyObject {
+        // SAFETY: the assembly passes its four arguments on unchanged, in the registers of the C
+        // calling convention, and returns what the function returns; the caller upholds the
+        // function's own contract.
+        unsafe { call_python(a, b, c, d, function) }
+    }
+
+    /// # Safety
+    /// As for calling `function(a)` itself.
+    pub(super) unsafe fn unary(function: Unary, a: *mut PyObject) -> *mut PyObject {
+        // SAFETY: only the assembly calls through the transmuted pointer, and it calls with `a` in
+        // the first argument register, as a one-argument C function takes it (the other argument
+        // registers, which it leaves unread, hold nulls); no Rust code calls through the wrong type.
+        unsafe {
+            let function = std::mem::transmute::<Unary, Vectorcall>(function);
+            call_python(a, std::ptr::null(), 0, std::ptr::null_mut(), function)
+        }
+    }
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    target_env = "gnu",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+mod frame {
+    use super::{PyObject, Unary, Vectorcall};
+
+    /// # Safety
+    /// As for calling `function(a, b, c, d)` itself.
+    pub(super) unsafe fn vectorcall(
+        function: Vectorcall,
+        a: *mut PyObject,
+        b: *const *mut PyObject,
+        c: usize,
+        d: *mut PyObject,
+    ) -> *mut PyObject {
+        // SAFETY: the caller upholds the function's contract.
+        unsafe { function(a, b, c, d) }
+    }
+
+    /// # Safety
+    /// As for calling `function(a)` itself.
+    pub(super) unsafe fn unary(function: Unary, a: *mut PyObject) -> *mut PyObject {
+        // SAFETY: the caller upholds the function's contract.
+        unsafe { function(a) }
+    }
+}
+
+/// The raw arguments of a call: at most four objects, borrowed for the call.
+fn raw<const N: usize>(args: [&Bound<'_, PyAny>; N]) -> [*mut PyObject; N] {
+    args.map(Bound::as_ptr)
+}
+
+/// `callable(*args)`, where `callable` may be any Python object (running Python code).
+pub(crate) fn call<'py, const N: usize>(
+    callable: &Bound<'py, PyAny>,
+    args: [&Bound<'py, PyAny>; N],
+) -> PyResult<Bound<'py, PyAny>> {
+    let args = raw(args);
+    // SAFETY: `callable` and every pointer in `args` are live objects, borrowed for the call;
+    // PY_VECTORCALL_ARGUMENTS_OFFSET is not set, so `args` is not written. The result is a new
+    // reference, or NULL with an error set, which `from_owned_ptr_or_err` takes.
+    unsafe {
+        let result = frame::vectorcall(
+            ffi::PyObject_Vectorcall,
+            callable.as_ptr(),
+            args.as_ptr(),
+            N,
+            std::ptr::null_mut(),
+        );
+        Bound::from_owned_ptr_or_err(callable.py(), result)
+    }
+}
+
+/// `object.name(*args, **kwargs)`: `args` starts with `object`, then the positional values, then
+/// the values of the keywords named in `kwnames` (as a Python call site passes them).
+pub(crate) fn call_method<'py>(
+    name: &Bound<'py, PyString>,
+    args: &[*mut PyObject],
+    kwnames: Option<&Bound<'py, PyTuple>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let keywords = kwnames.map_or(0, |k| k.len());
+    assert!(keywords < args.len(), "the object, then the arguments");
+    let kwnames = kwnames.map_or(std::ptr::null_mut(), |k| k.as_ptr());
+    // SAFETY: the caller passes live objects in `args` (built from `Bound`s it holds across this
+    // call), and `name` and `kwnames` are live; the count is checked above;
+    // PY_VECTORCALL_ARGUMENTS_OFFSET is not set, so `args` is not written. The result is a new
+    // reference, or NULL with an error set.
+    unsafe {
+        let result = frame::vectorcall(
+            ffi::PyObject_VectorcallMethod,
+            name.as_ptr(),
+            args.as_ptr(),
+            args.len() - keywords,
+            kwnames,
+        );
+        Bound::from_owned_ptr_or_err(name.py(), result)
+    }
+}
+
+/// `obj` as a float the way CPython's `PyFloat_AsDouble` (and so arroyo's arithmetic) takes it:
+/// through its type's `__float__`, else `__index__`; a `TypeError` if it has neither. Unlike
+/// `float()`, it does not parse strings.
+pub(crate) fn float_of(obj: &Bound<'_, PyAny>) -> PyResult<f64> {
+    let py = obj.py();
+    // SAFETY: `obj`'s type is a live type object; PyType_GetSlot reads its slot table (any type,
+    // static or heap, from 3.10) and returns NULL for a slot it does not have.
+    let convertible = unsafe {
+        let tp = ffi::Py_TYPE(obj.as_ptr());
+        !ffi::PyType_GetSlot(tp, ffi::Py_nb_float).is_null()
+            || !ffi::PyType_GetSlot(tp, ffi::Py_nb_index).is_null()
+    };
+    if !convertible {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "must be real number, not {}",
+            obj.get_type()
+                .name()
+                .map_or_else(|_| "?".to_owned(), |n| n.to_string())
+        )));
+    }
+    // SAFETY: `obj` is live; PyNumber_Float returns a new reference to a float, or NULL with an
+    // error set (what `__float__` or `__index__` raised).
+    let float = unsafe {
+        let result = frame::unary(ffi::PyNumber_Float, obj.as_ptr());
+        Bound::from_owned_ptr_or_err(py, result)?
+    };
+    Ok(float.cast_into::<pyo3::types::PyFloat>()?.value())
+}
+
+/// The error handler that lets UTF-8 carry lone surrogates (as CPython's own `surrogatepass`).
+const SURROGATEPASS: &std::ffi::CStr = c"surrogatepass";
+
+/// `text` (UTF-8, with lone surrogates as `surrogatepass` encodes them) as a `str`: the same
+/// text that [`surrogatepass_bytes`] or `str.encode()` was given.
+pub(crate) fn str_from_text<'py>(py: Python<'py>, text: &[u8]) -> PyResult<Bound<'py, PyString>> {
+    // A slice is never longer than isize::MAX bytes.
+    let len = text.len() as Py_ssize_t;
+    // SAFETY: the pointer and length describe `text`, alive across the call; the handler name is a
+    // static C string. The result is a new reference, or NULL with an error set, which
+    // `from_owned_ptr_or_err` takes; a non-NULL result of PyUnicode_DecodeUTF8 is a `str`.
+    unsafe {
+        let decoded = ffi::PyUnicode_DecodeUTF8(text.as_ptr().cast(), len, SURROGATEPASS.as_ptr());
+        Bound::from_owned_ptr_or_err(py, decoded).map(|s| s.cast_into_unchecked())
+    }
+}
+
+/// A `str` that UTF-8 cannot hold as it is (it has lone surrogates), as UTF-8 bytes with the
+/// surrogates encoded the way CPython's `surrogatepass` does.
+pub(crate) fn surrogatepass_bytes<'py>(
+    text: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    // SAFETY: `text` is a live `str`; the encoding and handler names are static C strings. The
+    // result is a new reference, or NULL with an error set; a non-NULL result is a `bytes`.
+    unsafe {
+        let encoded = ffi::PyUnicode_AsEncodedString(
+            text.as_ptr(),
+            c"utf-8".as_ptr(),
+            SURROGATEPASS.as_ptr(),
+        );
+        Bound::from_owned_ptr_or_err(text.py(), encoded).map(|b| b.cast_into_unchecked())
+    }
+}
