@@ -7,10 +7,10 @@ list (2.40.3+), flushed by iterating them. Patched, arroyo's ``__init__`` still 
 instance's ``__metrics_delivery_callback`` and ``__flush_metrics`` become a native delivery callback
 and the native buffer's ``flush``, and ``__delivery_callback`` (which ``produce()`` calls to wrap
 the user's callback, per message) makes a ``functools.partial`` of a plain function instead of a
-closure and a partial (see `wrapper`); ``flush()``, ``produce()`` and the user's callbacks are
-arroyo's own. A subclass that overrides one of those private methods keeps its override (and
-arroyo's wrapper, which calls it), and an overridden ``__flush_metrics`` is what the throttle
-calls, as in arroyo.
+closure and a partial (see `wrapper`). ``flush()`` is arroyo's, and then emits what it delivered
+(see `flush_then_emit`); ``produce()`` and the user's callbacks are arroyo's own. A subclass that
+overrides one of those private methods keeps its override (and arroyo's wrapper, which calls it),
+and an overridden ``__flush_metrics`` is what the throttle calls, as in arroyo.
 """
 
 from __future__ import annotations
@@ -134,7 +134,45 @@ class ConfluentProducerTarget(Target):
             setattr(self, LAST_RECORD, time.time())  # as arroyo's __reset_metrics() does
             return None
 
-        return {"__init__": __init__, CALLBACK: metrics_delivery_callback, FLUSH_METRICS: flush_metrics}
+        ours: dict[str, Any] = {
+            "__init__": __init__,
+            CALLBACK: metrics_delivery_callback,
+            FLUSH_METRICS: flush_metrics,
+        }
+        if flushes_like_arroyo(cls):
+            ours["flush"] = flush_then_emit(cls.__dict__["flush"], make, bind)
+        return ours
+
+
+def flushes_like_arroyo(cls: type) -> bool:
+    """Whether arroyo's ``flush(timeout)`` is the one `flush_then_emit` wraps: it emits the metrics
+    (``__flush_metrics``), then flushes the producer. If a later arroyo changes it, it stays."""
+    flush = vars(cls).get("flush")
+    return params(flush) == ("self", "timeout") and FLUSH_METRICS in names_used(flush)
+
+
+def flush_then_emit(original: Callable[..., Any], make: Make, bind: Bind) -> Callable[..., Any]:
+    """``flush()`` and ``close()`` (whose worker flushes) emit what they delivered.
+
+    arroyo's ``flush()`` emits the metrics first and then flushes the producer, which runs the
+    delivery callbacks of every message still in flight on the calling thread: their metrics would
+    wait for the next throttled flush, which a closed producer never makes (upstream loses them;
+    here the exit hook emits them). So when that flush delivered anything, the metrics are emitted
+    once more before it returns. A flush that delivered nothing makes no second emission, so a loop
+    of ``flush(0)`` makes no more backend calls than arroyo's.
+    """
+
+    @wraps(original)
+    def flush(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if native_of(self, make, bind) is None:
+            return original(self, *args, **kwargs)
+        before = DeliveryCallback.reports_on_this_thread()
+        remaining = original(self, *args, **kwargs)
+        if DeliveryCallback.reports_on_this_thread() != before:
+            getattr(self, FLUSH_METRICS)()
+        return remaining
+
+    return flush
 
 
 def delivery_callback(producer: Any, native: MetricsBuffer, shape: Shape) -> DeliveryCallback:
