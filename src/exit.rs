@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyList;
@@ -78,6 +79,8 @@ fn budget() -> (Duration, Option<String>) {
 #[derive(Default)]
 struct Outcome {
     pending: usize,
+    /// Calls started; of those, the ones that returned, and the ones that raised.
+    started: usize,
     emitted: usize,
     raised: usize,
     first_error: Option<String>,
@@ -198,11 +201,12 @@ fn close(py: Python<'_>) {
             .expect("exit::init runs at module import")
             .call1(py, (&calls, left.as_secs_f64()));
         calls.get().stop();
-        result?.extract::<(usize, usize, Option<String>)>(py)
+        result?.extract::<(usize, usize, usize, Option<String>)>(py)
     });
     match emitted {
-        Ok((emitted, raised, first_error)) => {
-            (outcome.emitted, outcome.raised, outcome.first_error) = (emitted, raised, first_error)
+        Ok((started, emitted, raised, first_error)) => {
+            (outcome.started, outcome.emitted) = (started, emitted);
+            (outcome.raised, outcome.first_error) = (raised, first_error);
         }
         Err(e) => outcome.first_error = Some(failure::describe(py, &e)),
     }
@@ -210,11 +214,14 @@ fn close(py: Python<'_>) {
     report(py, &outcome, budget, invalid.as_deref());
 }
 
-/// The one line about the exit, if there is anything to say; nothing that logging raises
-/// escapes (the process is exiting: there is nothing left to keep safe).
+/// The one line about the exit, if there is anything to say: a warning if a pending value was
+/// lost, else information. Logged from this thread through
+/// the application's logging, like any record; nothing that logging raises escapes (the process
+/// is exiting: there is nothing left to keep safe).
 fn report(py: Python<'_>, o: &Outcome, budget: Duration, invalid: Option<&str>) {
     let refused = gate::refused();
-    let dropped = o.pending - o.emitted - o.raised;
+    let dropped = o.pending - o.started;
+    let in_progress = o.started - o.emitted - o.raised;
     let mut parts = vec![format!(
         "at exit: {} of {} pending metric call(s) emitted",
         o.emitted, o.pending
@@ -222,6 +229,9 @@ fn report(py: Python<'_>, o: &Outcome, budget: Duration, invalid: Option<&str>) 
     if o.raised > 0 {
         let error = o.first_error.as_deref().unwrap_or("?");
         parts.push(format!("{} raised (the first: {error})", o.raised));
+    }
+    if in_progress > 0 {
+        parts.push(format!("{in_progress} still in progress at the deadline"));
     }
     if dropped > 0 {
         parts.push(format!(
@@ -254,13 +264,14 @@ fn report(py: Python<'_>, o: &Outcome, budget: Duration, invalid: Option<&str>) 
             DEFAULT_BUDGET.as_secs_f64()
         ));
     }
-    let lost = o.raised > 0 || dropped > 0 || o.busy > 0 || !o.idle || invalid.is_some();
-    let message = parts.join("; ");
-    if lost {
-        let _ = failure::warn(py, &message);
-    } else if o.emitted > 0 || refused > 0 {
-        let _ = failure::log(py, pyo3::intern!(py, "info"), &message);
-    }
+    let lost = o.raised > 0 || o.started < o.pending || in_progress > 0;
+    let lost = lost || o.busy > 0 || !o.idle || invalid.is_some();
+    let level = match (lost, o.emitted > 0 || refused > 0) {
+        (true, _) => intern!(py, "warning"),
+        (false, true) => intern!(py, "info"),
+        (false, false) => return,
+    };
+    let _ = failure::log(py, level, &parts.join("; "));
 }
 
 /// Registers the exit hook (at import). Everything lazy here is made now, not at fork time.

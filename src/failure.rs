@@ -146,19 +146,22 @@ pub(crate) fn warn(py: Python<'_>, message: &str) -> PyResult<()> {
 /// The error with its traceback, as Python prints it; "Type: message" if formatting it fails
 /// (near the recursion limit).
 fn traceback(py: Python<'_>, err: &PyErr) -> String {
-    ffi::call(
-        callables(py).format_exception.bind(py),
-        [err.value(py).as_any()],
-    )
-    .and_then(|lines| lines.cast_into::<PyList>().map_err(PyErr::from))
-    .map(|lines| {
-        lines
-            .iter()
-            .map(|l| l.to_string())
-            .collect::<Vec<_>>()
-            .concat()
-    })
-    .unwrap_or_else(|_| describe(py, err))
+    // The traceback as fetched: an exception that no Python `except` or `finally` handled has it
+    // only there, not yet in its `__traceback__`.
+    let tb = err
+        .traceback(py)
+        .map_or_else(|| py.None().into_bound(py), Bound::into_any);
+    let (kind, value) = (err.get_type(py).into_any(), err.value(py).as_any());
+    ffi::call(callables(py).format_exception.bind(py), [&kind, value, &tb])
+        .and_then(|lines| lines.cast_into::<PyList>().map_err(PyErr::from))
+        .map(|lines| {
+            lines
+                .iter()
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+                .concat()
+        })
+        .unwrap_or_else(|_| describe(py, err))
 }
 
 /// "Type: message" without the traceback. Unlike `PyErr`'s `Display`, it cannot fail.

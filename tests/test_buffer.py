@@ -569,3 +569,30 @@ def test_the_clock_is_not_fooled_by_a_read_between_the_watcher_and_the_change(re
         testcapi.unwatch_dict(watcher, vars(time))
         testcapi.clear_dict_watcher(watcher)
     assert len(seen_in_hook) >= 2  # it did read the clock inside the changes
+
+
+def test_lone_surrogates_in_names_and_tags_are_kept_as_they_are() -> None:
+    """Any str is accepted, as stock arroyo accepts it, and emitted as the same text."""
+    log = CallLog()
+    buf = MetricsBuffer(log, frequency_sec=3600)
+    name, key, value = "m\ud800", "k\udfff", "x\udc00\ud800y"
+    buf.incr_counter(name, 1, {key: value})
+    buf.incr_counter(name, 2, {key: value})
+    buf.record_timing(value, 1.5, {name: key})
+    callback = buf.delivery_callback(name, {key: "ok"}, {key: value}, value, {value: name})
+    with mock.patch("time.time", FakeClock(10.0)):
+        callback.report("error", None, 9.5)
+    # The error report adds to the counter made by incr_counter: the same name and tags.
+    assert buf.pending() == [
+        ("counter", name, {key: value}, 4, 3),
+        ("sample", value, {name: key}, 1.5, 1),
+        ("sample", value, {value: name}, 0.5, 1),
+    ]
+    buf.flush()
+    assert log.calls == [
+        ("increment", (name, 4), (("tags", ((key, value),)),)),
+        ("timing", (value, 1.5), (("tags", ((name, key),)),)),
+        ("timing", (value, 0.5), (("tags", ((value, name),)),)),
+    ]
+    with pytest.raises(TypeError, match=r"incr_counter\(\) argument 'metric' must be str, not bytes"):
+        buf.incr_counter(name.encode("utf-8", "surrogatepass"), 1)

@@ -231,3 +231,46 @@ def test_a_counter_given_back_at_the_i64_edge_is_not_saturated(clock: FakeClock)
     values = [value for _, name, value, _ in backend.calls if name == "big"]
     assert sum(values) == I64_MAX - 1 + 5
     assert len(values) == 2
+
+
+#: Every way a flush can start, on a buffer holding counter "c" = 4, at a given recursion headroom.
+FLUSH_STARTS: dict[str, Callable[[MetricsBuffer], None]] = {
+    "flush": lambda buf: buf.flush(),
+    "incr_counter": lambda buf: buf.incr_counter("c", 0),
+    "delivery report": lambda buf: buf.delivery_callback("d", None, None).report(None, None),
+}
+
+
+@pytest.mark.parametrize("start", list(FLUSH_STARTS))
+@pytest.mark.parametrize("fail", [endless_recursion, "raise"], ids=["recursing", "raising"])
+def test_no_recursion_error_escapes_at_any_headroom(start: str, fail: Any) -> None:
+    """A backend that recurses to the limit, or raises RecursionError, at every headroom from the
+    limit itself up: the error is the backend's, contained like any other, and the data kept."""
+
+    def raise_recursion_error() -> None:
+        raise RecursionError("raised by the backend")
+
+    escaped = []
+    for headroom in range(40):
+        backend = Broken(raise_recursion_error if fail == "raise" else fail)
+        buf = MetricsBuffer(backend, frequency_sec=0)
+        buf.incr_counter("c", 4)  # fails: frequency_sec=0
+        flush = FLUSH_STARTS[start]
+        old = sys.getrecursionlimit()
+        lower_recursion_limit(headroom)
+        try:
+            flush(buf)
+        except RecursionError as e:
+            escaped.append((headroom, e))
+        finally:
+            sys.setrecursionlimit(old)
+        assert sys.exc_info() == (None, None, None)
+        if not escaped or escaped[-1][0] != headroom:
+            assert buf.flush_errors == 2, headroom
+        backend.fail = None
+        buf.flush()
+        assert backend.totals()[("increment", "c", ())] == 4, headroom
+    # At the very limit, calling the method itself may be refused, as calling any Python
+    # function there is; no error may come from inside it.
+    assert [h for h, e in escaped if not str(e).startswith("maximum recursion depth exceeded")] == []
+    assert [h for h, _ in escaped] in ([], [0])

@@ -410,3 +410,23 @@ def test_an_overridden_flush_is_what_the_throttle_calls(log: CallLog) -> None:
     assert install() == TARGETS
     assert run_overriding_subclasses(log) == stock
     assert stock[:2] == (3, 4)  # every 1.2 s of 4 s; and flush()
+
+
+#: Names that Python's str allows and UTF-8 cannot hold as they are (lone surrogates), and others.
+TEXTS = ["\ud800", "x\udc00\ud800y", "\udfff", "plain", "caf\u00e9 \U0001f600"]
+
+
+def run_with_any_text(log: CallLog) -> list[Any]:
+    buf = ArroyoMetricsBuffer()
+    for text in TEXTS:
+        buf.incr_counter(text, 2)
+        buf.incr_timing(text, 0.5)
+    buf.flush()
+    return log.take().calls
+
+
+def test_any_str_stock_accepts_is_emitted_as_the_same_text(log: CallLog) -> None:
+    stock = run_with_any_text(log)
+    assert install() == TARGETS
+    assert run_with_any_text(log) == stock
+    assert [args[0] for _, args, _ in stock] == TEXTS + TEXTS

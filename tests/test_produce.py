@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -280,3 +281,78 @@ def test_a_mock_time_of_produce_raises_nothing_as_in_stock_arroyo(log: CallLog) 
     stock = run_with_a_bare_mock_clock(log)
     assert install() == TARGETS
     assert run_with_a_bare_mock_clock(log) == stock == ("ok", {"success": 1})
+
+
+def test_flush_has_emitted_what_it_delivered_when_it_returns(log: CallLog) -> None:
+    """arroyo's flush() emits first, then flushes the producer, which delivers: those deliveries'
+    metrics are emitted before flush() returns (upstream leaves them for a later flush)."""
+    assert install() == TARGETS
+    producer = ConfluentProducer(dict(MOCK_CLUSTER, **{"client.id": "flushing"}))
+    for i in range(500):
+        producer.produce(TOPIC, b"%d" % i, partition=0)
+    assert producer.flush(30) == 0
+    assert log.statuses() == {"success": 500}
+    if producer_has_latency():
+        assert len(log.named("timing", "arroyo.producer.callback_latency")) == 500
+    calls = len(log.calls)
+    for _ in range(100):
+        assert producer.flush(0) == 0
+    assert len(log.calls) == calls, "flushes that deliver nothing emit nothing"
+
+
+def test_a_closed_kafka_producer_has_emitted_every_delivery_when_close_returns(log: CallLog) -> None:
+    from arroyo.backends.kafka import KafkaPayload, KafkaProducer
+    from arroyo.types import Topic
+
+    from helpers import kafka_producer_emits_produce_status
+
+    if not kafka_producer_emits_produce_status():
+        pytest.skip("this arroyo's KafkaProducer does not use ConfluentProducer (before 2.40.3)")
+    assert install() == TARGETS
+    producer = KafkaProducer(dict(MOCK_CLUSTER, **{"client.id": "closing"}))
+    futures = [producer.produce(Topic("closing"), KafkaPayload(None, b"%d" % i, [])) for i in range(2_000)]
+    producer.close().result(timeout=60)
+    assert all(f.done() and f.exception() is None for f in futures)
+    assert log.statuses() == {"success": 2_000}
+    assert len(log.named("timing", "arroyo.producer.callback_latency")) == 2_000
+
+
+def test_a_flush_0_loop_makes_no_more_backend_calls_than_arroyos(
+    log: CallLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another thread counts deliveries, a loop of flush(0) that delivers nothing itself
+    emits once per flush at most, as arroyo's does: the second emission is only for what that
+    flush delivered."""
+    import threading
+
+    import arroyo.backends.kafka.consumer as consumer
+
+    monkeypatch.setattr(consumer, "METRICS_FREQUENCY_SEC", 3600)
+    assert install() == TARGETS
+    # Nothing listens there: the message stays queued, and flush(0) delivers nothing.
+    producer = ConfluentProducer({"bootstrap.servers": "127.0.0.1:1", "log_level": 0})
+    producer.produce(TOPIC, b"stuck")
+    report = getattr(producer, CALLBACK)
+    latency = (1.0,) if producer_has_latency() else ()
+    reports = 20_000
+
+    def deliveries() -> None:
+        for i in range(reports):
+            report(None, None, *latency)
+            if i % 100 == 0:
+                time.sleep(0)  # let the flushing thread run
+
+    thread = threading.Thread(target=deliveries)
+    thread.start()
+    flushes = 0
+    while thread.is_alive():
+        # Still queued (librdkafka counts its own requests to the missing broker too).
+        assert producer.flush(0) >= 1
+        flushes += 1
+    thread.join()
+    increments = log.named("increment", "arroyo.producer.produce_status")
+    assert len(increments) <= flushes
+    producer._ConfluentProducer__flush_metrics()
+    assert log.statuses() == {"success": reports}
+    producer.purge()
+    producer.flush(0)

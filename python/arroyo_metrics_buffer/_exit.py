@@ -12,6 +12,7 @@ A leaf module: it imports nothing of this package (the native module imports it 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Protocol
 
 #: (backend, method name, positional arguments, keyword arguments or None), as arroyo calls it.
@@ -29,6 +30,7 @@ class Calls(Protocol):
 class _Emission:
     def __init__(self, calls: Calls) -> None:
         self.calls = calls
+        self.attempted = 0
         self.made = 0
         self.raised = 0
         self.first_error: str | None = None
@@ -42,6 +44,7 @@ class _Emission:
             for backend, method, args, kwargs in chunk:
                 if self.stop:
                     return
+                self.attempted += 1
                 try:
                     if kwargs is None:
                         getattr(backend, method)(*args)
@@ -62,18 +65,22 @@ def describe(error: BaseException) -> str:
         return type(error).__name__
 
 
-def emit(calls: Calls, timeout: float) -> tuple[int, int, str | None]:
+def emit(calls: Calls, timeout: float) -> tuple[int, int, int, str | None]:
     """Makes `calls` in order on a daemon thread, and waits up to `timeout` seconds for it: then
-    that thread makes no further call. Returns how many calls were made, how many raised, and
-    the first error."""
+    that thread starts no further call. Returns how many calls were started, how many of those
+    returned and how many raised (the difference was still in progress), and the first error."""
     emission = _Emission(calls)
     if len(calls):
+        deadline = time.monotonic() + timeout
         thread = threading.Thread(target=emission.run, name="arroyo_metrics_buffer: exit", daemon=True)
         try:
             thread.start()
-            thread.join(timeout)
+            # In short waits, so that a signal handled on this thread (Ctrl-C) stops the wait at
+            # once, whichever thread the signal was delivered to.
+            while thread.is_alive() and (left := deadline - time.monotonic()) > 0:
+                thread.join(min(left, 0.05))
         except BaseException:  # KeyboardInterrupt while waiting, or no thread to be had: stop now
             pass
         emission.stop = True
         calls.stop()
-    return emission.made, emission.raised, emission.first_error
+    return emission.attempted, emission.made, emission.raised, emission.first_error

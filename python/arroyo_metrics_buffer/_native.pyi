@@ -140,4 +140,5 @@ class DeliveryCallback:
         """How many delivery reports any ``DeliveryCallback`` has counted on the calling thread."""
 
 def reset_logging() -> None:
-    """Forget cached Python loggers (after the application replaced its logger objects)."""
+    """Kept so that code calling it goes on working: the ``arroyo_metrics_buffer`` logger is
+    looked up on every record, so there is no cached logger to forget."""
