@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
+use pyo3::PyTraverseError;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::PyTraverseError;
 
 /// The backend object and how to call it. The cell is lock-free (so no fork can leave it locked
 /// in a child), and read only when emitting: never on the `incr_*` path.

@@ -6,21 +6,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use pyo3::PyTraverseError;
 use pyo3::exceptions::{PyImportError, PyRuntimeError};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple};
-use pyo3::PyTraverseError;
 
 use crate::backend::Backend;
 use crate::callback::DeliveryCallbackPy;
-use crate::core::{Add, Buffer, Kind, Value, DEFAULT_FAILURE_INTERVAL};
 use crate::emit::{tags_dict, value_object};
 use crate::errors::Error;
 use crate::shared::Shared;
 use crate::{args, clock, exit, ffi, gate};
+use metrics_buffer::{Add, Buffer, DEFAULT_FAILURE_INTERVAL, Kind, Value};
 
 /// Big enough for any one-second window of a busy producer; about 16 MiB at the cap.
 const DEFAULT_MAX_SAMPLES: usize = 1_000_000;
@@ -95,13 +95,7 @@ impl MetricsBufferPy {
             }
         };
         let tags = args::tags(how.function, "tags", tags)?;
-        let add = Add {
-            kind: how.kind,
-            name: name.as_ref(),
-            tags: &tags,
-            amount,
-            prepared: None,
-        };
+        let add = Add::new(how.kind, &name, &tags, amount);
         self.shared.record_at(py, &[add], clock::now(py)?)
     }
 }

@@ -1,17 +1,17 @@
 //! The `DeliveryCallback` pyclass: confluent-kafka delivery reports into a buffer.
 
+use pyo3::PyTraverseError;
 use pyo3::exceptions::PyTypeError;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use pyo3::PyTraverseError;
 
 use std::cell::Cell;
 
 use crate::buffer::MetricsBufferPy;
-use crate::core::{Kind, Prepared, Value};
 use crate::{args, clock, gate};
+use metrics_buffer::{Kind, Prepared, Value};
 
 thread_local! {
     /// Delivery reports counted on this thread, by any callback (see `reports_on_this_thread`).

@@ -90,7 +90,7 @@ mod watch {
         *mut ffi::PyObject,
     ) -> c_int;
 
-    extern "C" {
+    unsafe extern "C" {
         // CPython's public API since 3.12, which pyo3-ffi leaves out.
         fn PyDict_AddWatcher(callback: Callback) -> c_int;
     }

@@ -8,8 +8,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::backend::Backend;
-use crate::core::{Buffer, Emission, Emit, Key, Kind, Value};
 use crate::{clock, failure, ffi, gate};
+use metrics_buffer::{Buffer, Emission, Emit, Key, Kind, Value};
 
 /// A key's tags as a new dict, or None when it has none.
 pub(crate) fn tags_dict<'py>(py: Python<'py>, key: &Key) -> PyResult<Option<Bound<'py, PyDict>>> {

@@ -1,9 +1,9 @@
 //! The one error type of the Python layer, mapped onto built-in exceptions.
 
-use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::PyErr;
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 
-use crate::core::CoreError;
+use metrics_buffer::CoreError;
 
 pub enum Error {
     /// `function() argument 'arg' must be <expected>, not <type>`

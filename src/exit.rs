@@ -24,10 +24,10 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyList;
 
-use crate::core::{Emission, ForkLocal, Key, Kind, Value};
 use crate::emit::Described;
 use crate::shared::Shared;
 use crate::{failure, gate};
+use metrics_buffer::{Emission, ForkLocal, Key, Kind, Value};
 
 /// The environment variable that sets the budget, in seconds.
 pub(crate) const BUDGET_VARIABLE: &str = "ARROYO_METRICS_BUFFER_EXIT_TIMEOUT";

@@ -1,7 +1,7 @@
 //! What a backend failure logs, and what it raises. A backend that is down cannot flood the logs:
 //! the first failure of a run of them is logged with its traceback, then at most one summary per
 //! interval, then one line when the backend works again (the policy is the core's
-//! [`FailureLog`](crate::core::FailureLog)). Whatever logging itself raises is handled like what
+//! [`FailureLog`](metrics_buffer::FailureLog)). Whatever logging itself raises is handled like what
 //! the backend raises, and no error is left pending.
 //!
 //! Records go to the `arroyo_metrics_buffer` logger, looked up on each record (so logging
@@ -16,8 +16,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyList, PyString};
 
-use crate::core::{FailureReport, Report};
 use crate::{ffi, gate};
+use metrics_buffer::{FailureReport, Report};
 
 /// After an emit in which the backend raised `err` (`unsent` calls given back): logs what
 /// `report` says, then returns the error to raise, if any: the backend's if it is not an

@@ -19,7 +19,7 @@
 //! emitter role, references) goes with the exiting process. Elsewhere `pthread_exit` does not
 //! unwind (macOS, musl), and CPython 3.14+ parks the thread instead, so a direct call is as safe.
 
-use pyo3::ffi::{self, PyObject, Py_ssize_t};
+use pyo3::ffi::{self, Py_ssize_t, PyObject};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
 
@@ -78,7 +78,7 @@ type Unary = unsafe extern "C" fn(*mut PyObject) -> *mut PyObject;
 mod frame {
     use super::{PyObject, Unary, Vectorcall};
 
-    extern "C" {
+    unsafe extern "C" {
         /// Calls `function` with the four integer-register arguments before it, from a frame
         /// without unwind information (see the module doc). Declared with the widest signature
         /// that it passes on; [`unary`] calls a one-argument function through it, which ignores

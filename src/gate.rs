@@ -11,14 +11,14 @@
 //! ([`wait_idle`]), so that none is left for finalization to cut short.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst};
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::PyResult;
+use pyo3::exceptions::PyRuntimeError;
 
-use crate::core::ForkLocal;
+use metrics_buffer::ForkLocal;
 
 const OPEN: u8 = 0;
 const EXITING: u8 = 1;

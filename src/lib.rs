@@ -5,7 +5,6 @@ mod backend;
 mod buffer;
 mod callback;
 mod clock;
-pub mod core;
 mod emit;
 mod errors;
 mod exit;
@@ -32,8 +31,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     buffer::init(py)?;
     emit::init(py)?;
     failure::init(py)?;
-    core::prepare();
-    core::register_at_fork()
+    metrics_buffer::prepare();
+    metrics_buffer::register_at_fork()
         .map_err(|e| PyImportError::new_err(format!("pthread_atfork failed: {e}")))?;
     exit::init(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -4,9 +4,9 @@
 use pyo3::prelude::*;
 
 use crate::backend::Backend;
-use crate::core::{Add, Begin, Buffer};
 use crate::errors::Error;
 use crate::{emit, gate};
+use metrics_buffer::{Add, Begin, Buffer};
 
 pub(crate) struct Shared {
     pub(crate) core: Buffer,

@@ -198,7 +198,7 @@ mod tests {
     use super::super::testing::*;
     use super::super::{Kind, Stats, Value};
     use super::*;
-    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::panic::{AssertUnwindSafe, catch_unwind};
 
     #[test]
     fn given_back_values_go_out_once_ahead_of_newer_ones() {

@@ -1,18 +1,66 @@
-//! The pure-Rust metrics buffer: no Python types in here, so `cargo test` exercises it directly.
+//! A thread-safe metrics buffer: counters, timers and timing samples aggregated per key (a name and
+//! its tags) for one flush window, swapped out whole under a lock in O(1) by a flush, and emitted
+//! by one thread at a time after the lock is released. No Python in here: the
+//! `arroyo-metrics-buffer` extension binds it, and a Rust program (rust-arroyo, say) can use it as
+//! it is.
 //!
-//! Values accumulate in a [`Window`]. A flush swaps the whole window out under the lock in O(1) and
-//! emits it after the lock is released; [`flush`] has the protocol that makes one thread at a
-//! time the emitter. [`fork`] keeps a forked child off the parent's lock.
+//! - [`Buffer::record`] adds values (all of a call's or none) and says whether this caller won the
+//!   throttled flush; [`Buffer::begin_flush`] asks for one explicitly.
+//! - The winner holds an [`Emit`]: [`Emit::send`] gives it the window's backend calls
+//!   ([`Emission`]s: timers, then counters, each in first-appearance order, then samples in arrival
+//!   order); [`Emit::end`] ends it. What a failing backend did not take goes back and is sent once,
+//!   later; a flush asked for meanwhile by another thread is handed to the emitter, never waited for.
+//! - [`FailureLog`] decides when to tell about a failing backend, so that one that is down cannot
+//!   flood a log.
+//! - After `fork()`, a child's buffers start empty and never touch the parent's locks
+//!   ([`register_at_fork`], [`ForkLocal`]).
+//!
+//! Names and tags are bytes ([`Text`]): a `&str` is passed as its bytes.
+//!
+//! ```
+//! use metrics_buffer::{Add, Begin, Buffer, Kind, Value};
+//!
+//! // Flush at most once a second; keep at most 1,000 samples a window; created at t = 0 s.
+//! let buffer = Buffer::new(1.0, 1_000, 0.0);
+//! let tags = [("status", "success")];
+//! let delivered = Add::new(Kind::Counter, "produce_status", &tags, Value::Int(1));
+//! // At t = 0.5 s the throttled flush is not due: the value just waits.
+//! assert!(buffer.record(&[delivered], Some(0.5)).unwrap().is_none());
+//! let latency = Add::new(Kind::Sample, "callback_latency", &tags, Value::Float(0.02));
+//! // At t = 1.5 s it is: this caller gets the window to emit (values recorded by other threads
+//! // meanwhile go into the next one).
+//! let mut emit = buffer.record(&[latency], Some(1.5)).unwrap().expect("due");
+//! let mut sent = Vec::new();
+//! emit.send(|e| {
+//!     sent.push((e.kind, String::from_utf8_lossy(&e.key.name).into_owned(), e.value));
+//!     Ok::<(), ()>(()) // a backend error would be returned here, and the rest kept
+//! })
+//! .unwrap();
+//! assert!(emit.end(Some(1.5)).is_none(), "no other thread asked for a flush meanwhile");
+//! assert_eq!(
+//!     sent,
+//!     [
+//!         (Kind::Counter, "produce_status".to_owned(), Value::Int(1)),
+//!         (Kind::Sample, "callback_latency".to_owned(), Value::Float(0.02)),
+//!     ]
+//! );
+//! assert!(matches!(buffer.begin_flush(), Begin::Emit(_)), "an explicit flush, of nothing");
+//! ```
+
+#![deny(unsafe_code)]
 
 mod failures;
 mod flush;
+// The one module with `unsafe`: a value a forked child renews (raw pointers swapped atomically,
+// and `pthread_atfork`), each block with its SAFETY comment.
+#[allow(unsafe_code)]
 mod fork;
 mod key;
 mod window;
 
 pub use failures::{FailureLog, Report};
 pub use flush::{Begin, Emit};
-pub use fork::{after_fork_in_child, register_at_fork, ForkLocal};
+pub use fork::{ForkLocal, after_fork_in_child, register_at_fork};
 pub use key::{Key, Kind, Text, Value};
 pub use window::{Add, Emission, Entry, Prepared, Window};
 
@@ -268,13 +316,7 @@ pub(crate) mod testing {
         tags: &'a [(&'a str, &'a str)],
         amount: Value,
     ) -> Add<'a, &'a str> {
-        Add {
-            kind,
-            name: name.as_bytes(),
-            tags,
-            amount,
-            prepared: None,
-        }
+        Add::new(kind, name, tags, amount)
     }
 
     pub fn counter(name: &str, delta: i64) -> Add<'_, &str> {
@@ -309,16 +351,13 @@ pub(crate) mod testing {
     /// Sends the first `n` emissions, then fails; returns how many are left.
     pub fn fail_after(emit: &mut Emit<'_>, n: usize) -> usize {
         let mut calls = 0;
-        assert!(emit
-            .send(|_| {
+        assert!(
+            emit.send(|_| {
                 calls += 1;
-                if calls > n {
-                    Err(())
-                } else {
-                    Ok(())
-                }
+                if calls > n { Err(()) } else { Ok(()) }
             })
-            .is_err());
+            .is_err()
+        );
         emit.unsent()
     }
 }
@@ -328,8 +367,8 @@ mod tests {
     use super::testing::*;
     use super::*;
     use std::collections::HashMap;
-    use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
 
     type Totals = Mutex<HashMap<(Kind, String), (f64, u64)>>;
 
@@ -460,10 +499,11 @@ mod tests {
                 .is_none(),
             "last flush carried over"
         );
-        assert!(b
-            .record(&[counter("child", 1)], Some(8.5))
-            .unwrap()
-            .is_some());
+        assert!(
+            b.record(&[counter("child", 1)], Some(8.5))
+                .unwrap()
+                .is_some()
+        );
         drop(held);
     }
 }

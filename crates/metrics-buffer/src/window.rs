@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use hashbrown::HashTable;
 
-use super::key::{same_tags, Key, KeyHasher, Kind, Value};
 use super::CoreError;
+use super::key::{Key, KeyHasher, Kind, Value, same_tags};
 
 /// One change to make to a window: add `amount` under (`kind`, `name`, `tags`).
 pub struct Add<'a, S> {
@@ -18,7 +18,25 @@ pub struct Add<'a, S> {
     pub prepared: Option<&'a Prepared>,
 }
 
-/// A key used over and over (a delivery callback's), made once by [`crate::core::Buffer::prepare`]:
+impl<'a, S: AsRef<[u8]>> Add<'a, S> {
+    /// An add of `amount` under `kind`, `name` and `tags` (a name or tag as `str` or bytes).
+    pub fn new(
+        kind: Kind,
+        name: &'a (impl AsRef<[u8]> + ?Sized),
+        tags: &'a [(S, S)],
+        amount: Value,
+    ) -> Self {
+        Add {
+            kind,
+            name: name.as_ref(),
+            tags,
+            amount,
+            prepared: None,
+        }
+    }
+}
+
+/// A key used over and over (a delivery callback's), made once by [`crate::Buffer::prepare`]:
 /// hashed in advance, and found again by identity. An entry made from it shares its `Arc`, so a
 /// hint that leads to an entry holding this very `Arc` has found the key without comparing its
 /// name and tags. (The entry's reference keeps the allocation alive, so no other key can come to
@@ -400,7 +418,7 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::testing::{add, counter, emitted, NO_TAGS};
+    use crate::testing::{NO_TAGS, add, counter, emitted};
 
     fn window(adds: &[Add<'_, &str>]) -> Window {
         let mut w = Window::default();
@@ -614,10 +632,11 @@ mod tests {
         let prepared = Prepared::new(&hasher, Kind::Counter, b"m7", &tags);
         w.apply(&[prepared.add(Value::Int(1))], usize::MAX).unwrap();
         assert_eq!(w.entries().len(), 1000);
-        assert!(w
-            .entries()
-            .iter()
-            .all(|e| e.count == 2 || &*e.key.name == b"m7"));
+        assert!(
+            w.entries()
+                .iter()
+                .all(|e| e.count == 2 || &*e.key.name == b"m7")
+        );
         assert_eq!(w.entries()[7].sum, Value::Int(3));
     }
 

@@ -79,7 +79,7 @@ pub(super) fn same_tags<A: AsRef<[u8]>, B: AsRef<[u8]>>(a: &[(A, A)], b: &[(B, B
 }
 
 /// Seeded foldhash for keys. The seed is random per buffer, and shared by all its windows so that a
-/// key can be hashed once in advance ([`crate::core::Buffer::prepare`]).
+/// key can be hashed once in advance ([`crate::Buffer::prepare`]).
 #[derive(Clone, Debug, Default)]
 pub struct KeyHasher(foldhash::fast::RandomState);
 
