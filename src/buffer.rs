@@ -16,10 +16,10 @@ use pyo3::types::{PyString, PyTuple};
 
 use crate::backend::Backend;
 use crate::callback::DeliveryCallbackPy;
-use crate::emit::{tags_dict, value_object};
+use crate::convert::{tags_dict, value_object};
 use crate::errors::Error;
 use crate::shared::Shared;
-use crate::{args, clock, exit, ffi, gate};
+use crate::{clock, convert, exit, ffi, gate};
 use metrics_buffer::{Add, Buffer, DEFAULT_FAILURE_INTERVAL, Kind, Value};
 
 /// Big enough for any one-second window of a busy producer; about 16 MiB at the cap.
@@ -87,14 +87,14 @@ impl MetricsBufferPy {
         amount: &Bound<'_, PyAny>,
         tags: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let name = args::name(how.function, "metric", metric)?;
+        let name = convert::name(how.function, "metric", metric)?;
         let amount = match how.kind {
-            Kind::Counter => Value::Int(args::int(how.function, how.amount, amount)?),
+            Kind::Counter => Value::Int(convert::int(how.function, how.amount, amount)?),
             Kind::Timer | Kind::Sample => {
-                Value::Float(args::real(how.function, how.amount, amount)?)
+                Value::Float(convert::real(how.function, how.amount, amount)?)
             }
         };
-        let tags = args::tags(how.function, "tags", tags)?;
+        let tags = convert::tags(how.function, "tags", tags)?;
         let add = Add::new(how.kind, &name, &tags, amount);
         self.shared.record_at(py, &[add], clock::now(py)?)
     }
@@ -163,12 +163,12 @@ impl MetricsBufferPy {
             ));
         };
         let frequency = match frequency_sec {
-            Some(f) => non_negative(F, "frequency_sec", args::real(F, "frequency_sec", f)?)?,
+            Some(f) => non_negative(F, "frequency_sec", convert::real(F, "frequency_sec", f)?)?,
             None => 1.0,
         };
         let failure_interval = match failure_log_interval {
             Some(f) => {
-                let seconds = args::real(F, "failure_log_interval", f)?;
+                let seconds = convert::real(F, "failure_log_interval", f)?;
                 let seconds = non_negative(F, "failure_log_interval", seconds)?;
                 Duration::try_from_secs_f64(seconds).map_err(|_| {
                     Error::Value(format!(
@@ -180,7 +180,7 @@ impl MetricsBufferPy {
         };
         let max_samples = match max_samples {
             Some(m) => {
-                let m = args::int(F, "max_samples", m)?;
+                let m = convert::int(F, "max_samples", m)?;
                 usize::try_from(m).map_err(|_| {
                     Error::Value(format!(
                         "MetricsBuffer() argument 'max_samples' must be >= 0, not {m}"

@@ -10,7 +10,7 @@ use pyo3::types::{PyDict, PyTuple};
 use std::cell::Cell;
 
 use crate::buffer::MetricsBufferPy;
-use crate::{args, clock, gate};
+use crate::{clock, convert, gate};
 use metrics_buffer::{Kind, Prepared, Value};
 
 thread_local! {
@@ -55,14 +55,14 @@ impl DeliveryCallbackPy {
         let latency = match latency.filter(|l| !l.is_none()) {
             Some(l) => Some(core.prepare(
                 Kind::Sample,
-                args::name(F, "latency", l)?.as_ref(),
-                &args::tags(F, "latency_tags", latency_tags)?,
+                convert::name(F, "latency", l)?.as_ref(),
+                &convert::tags(F, "latency_tags", latency_tags)?,
             )),
             None => None,
         };
-        let counter = args::name(F, "counter", counter)?;
-        let success_tags = args::tags(F, "success_tags", success_tags)?;
-        let error_tags = args::tags(F, "error_tags", error_tags)?;
+        let counter = convert::name(F, "counter", counter)?;
+        let success_tags = convert::tags(F, "success_tags", success_tags)?;
+        let error_tags = convert::tags(F, "error_tags", error_tags)?;
         Ok(DeliveryCallbackPy {
             buffer: buffer.clone().unbind(),
             success: core.prepare(Kind::Counter, counter.as_ref(), &success_tags),
@@ -144,7 +144,7 @@ impl DeliveryCallbackPy {
                 "delivery callback missing required argument 'time_of_produce'",
             ));
         };
-        let produced = args::seconds("DeliveryCallback.report", "time_of_produce", produced)?;
+        let produced = convert::seconds("DeliveryCallback.report", "time_of_produce", produced)?;
         let now = clock::now(py)?;
         let sample = latency.add(Value::Float(now - produced));
         buffer.record_at(py, &[counter, sample], now)

@@ -14,35 +14,26 @@ struct Clock {
     namespace: Py<PyDict>,
     /// The builtin and its C function; `None` if `time.time` was already replaced at import
     /// (then it is always called).
-    builtin: Option<(Py<PyAny>, usize)>,
+    builtin: Option<(Py<PyCFunction>, usize)>,
 }
 
 static CLOCK: PyOnceLock<Clock> = PyOnceLock::new();
-
-/// The C function behind a builtin function object. time-machine swaps this pointer inside the
-/// `time.time` builtin itself instead of replacing the object.
-fn c_function(builtin: &Bound<'_, PyAny>) -> usize {
-    // SAFETY: only called on objects that are `PyCFunction` instances (checked at import, and by
-    // identity with that object afterwards); their method table outlives them.
-    unsafe {
-        let function = builtin.as_ptr() as *mut pyo3::ffi::PyCFunctionObject;
-        (*(*function).m_ml).ml_meth.PyCFunction as usize
-    }
-}
 
 /// Captures `time.time` (at module import).
 pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
     let module = py.import("time")?;
     let time = module.getattr("time")?;
-    let genuine = time.is_instance_of::<PyCFunction>()
-        && time.getattr("__self__").is_ok_and(|m| m.is(&module))
+    let genuine = time.getattr("__self__").is_ok_and(|m| m.is(&module))
         && time
             .getattr("__name__")
             .is_ok_and(|n| n.eq("time").unwrap_or(false));
-    let builtin = genuine.then(|| {
-        let function = c_function(&time);
-        (time.unbind(), function)
-    });
+    let builtin = match time.cast_into::<PyCFunction>() {
+        Ok(time) if genuine => {
+            let function = ffi::c_function(&time);
+            Some((time.unbind(), function))
+        }
+        _ => None,
+    };
     let namespace = module.dict();
     if let Some((builtin, _)) = &builtin {
         watch::start(&namespace, builtin.bind(py));
@@ -66,73 +57,36 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
 /// between the call and the change would see the old value.
 #[cfg(Py_3_12)]
 mod watch {
-    use std::os::raw::c_int;
-    use std::ptr;
-    use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    use pyo3::ffi;
     use pyo3::prelude::*;
-    use pyo3::types::PyDict;
+    use pyo3::types::{PyCFunction, PyDict};
 
-    /// The builtin (kept alive by `Clock`).
-    static BUILTIN: AtomicPtr<ffi::PyObject> = AtomicPtr::new(ptr::null_mut());
+    use crate::ffi::dict_watch::{self, Change};
+
+    /// The builtin's address (kept alive by `Clock`).
+    static BUILTIN: AtomicUsize = AtomicUsize::new(0);
     static IN_PLACE: AtomicBool = AtomicBool::new(false);
 
-    // `PyDict_WatchEvent`, a C enum passed as an int, in CPython's order (3.12-3.14).
-    const ADDED: c_int = 0;
-    const MODIFIED: c_int = 1;
-    const DELETED: c_int = 2;
-
-    type Callback = unsafe extern "C" fn(
-        c_int,
-        *mut ffi::PyObject,
-        *mut ffi::PyObject,
-        *mut ffi::PyObject,
-    ) -> c_int;
-
-    unsafe extern "C" {
-        // CPython's public API since 3.12, which pyo3-ffi leaves out.
-        fn PyDict_AddWatcher(callback: Callback) -> c_int;
-    }
-
-    /// `key` is the str "time". Reads only: a watcher must not change anything.
-    unsafe fn is_time(key: *mut ffi::PyObject) -> bool {
-        !key.is_null()
-            && ffi::PyUnicode_Check(key) != 0
-            && ffi::PyUnicode_CompareWithASCIIString(key, c"time".as_ptr()) == 0
-    }
-
-    /// Runs inside every change to the namespace: no failure, no call into Python.
-    unsafe extern "C" fn changed(
-        event: c_int,
-        _dict: *mut ffi::PyObject,
-        key: *mut ffi::PyObject,
-        new_value: *mut ffi::PyObject,
-    ) -> c_int {
-        let in_place = match event {
-            ADDED | MODIFIED if is_time(key) => new_value == BUILTIN.load(Ordering::SeqCst),
-            DELETED if is_time(key) => false,
-            ADDED | MODIFIED | DELETED => return 0, // another name
-            _ => false,                             // cloned, cleared or deallocated
+    fn changed(change: Change<'_>) {
+        let in_place = match change {
+            Change::Set { key, value } if key.is(c"time") => {
+                value == BUILTIN.load(Ordering::SeqCst)
+            }
+            Change::Deleted { key } if key.is(c"time") => false,
+            Change::Set { .. } | Change::Deleted { .. } => return, // another name
+            Change::Whole => false,
         };
         IN_PLACE.store(in_place, Ordering::SeqCst);
-        0
     }
 
-    /// Watches `namespace`, whose `time` is `builtin` now. If CPython has no watcher left,
-    /// `in_place()` stays false and `now()` looks `time.time` up on every call.
-    pub(super) fn start(namespace: &Bound<'_, PyDict>, builtin: &Bound<'_, PyAny>) {
-        BUILTIN.store(builtin.as_ptr(), Ordering::SeqCst);
-        // SAFETY: called with the GIL held (module import), on a live dict; an error is cleared
-        // here, so none is left pending.
-        unsafe {
-            let id = PyDict_AddWatcher(changed);
-            if id < 0 || ffi::PyDict_Watch(id, namespace.as_ptr()) < 0 {
-                ffi::PyErr_Clear();
-                return;
-            }
+    /// Watches `namespace`, whose `time` is `builtin` now. If it cannot, `in_place()` stays false
+    /// and `now()` looks `time.time` up on every call.
+    pub(super) fn start(namespace: &Bound<'_, PyDict>, builtin: &Bound<'_, PyCFunction>) {
+        BUILTIN.store(builtin.as_ptr() as usize, Ordering::SeqCst);
+        if dict_watch::watch(namespace, changed) {
+            IN_PLACE.store(true, Ordering::SeqCst);
         }
-        IN_PLACE.store(true, Ordering::SeqCst);
     }
 
     pub(super) fn in_place() -> bool {
@@ -144,28 +98,18 @@ mod watch {
 #[cfg(not(Py_3_12))]
 mod watch {
     use pyo3::prelude::*;
-    use pyo3::types::PyDict;
+    use pyo3::types::{PyCFunction, PyDict};
 
-    pub(super) fn start(_namespace: &Bound<'_, PyDict>, _builtin: &Bound<'_, PyAny>) {}
+    pub(super) fn start(_namespace: &Bound<'_, PyDict>, _builtin: &Bound<'_, PyCFunction>) {}
 
     pub(super) fn in_place() -> bool {
         false
     }
 }
 
-/// CLOCK_REALTIME in seconds, read as CPython's `time.time()` reads it (`clock_gettime`) and
-/// converted exactly as its `_PyTime_AsSecondsDouble` does.
+/// CLOCK_REALTIME in seconds, converted exactly as CPython's `_PyTime_AsSecondsDouble` does.
 fn realtime() -> Option<f64> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to.
-    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) } != 0 {
-        return None;
-    }
-    #[allow(clippy::useless_conversion)] // `time_t` and `c_long` are not i64 on every target
-    let (secs, nanos) = (i64::from(ts.tv_sec), i64::from(ts.tv_nsec));
+    let (secs, nanos) = ffi::realtime()?;
     Some(if nanos == 0 {
         secs as f64
     } else {
@@ -183,7 +127,7 @@ pub(crate) fn now(py: Python<'_>) -> PyResult<f64> {
     let looked_up;
     let time = match &clock.builtin {
         // The name is known to be the builtin: only time-machine's swap inside it is left.
-        Some((builtin, _)) if watch::in_place() => builtin.bind(py),
+        Some((builtin, _)) if watch::in_place() => builtin.bind(py).as_any(),
         _ => {
             looked_up = match clock.namespace.bind(py).get_item(intern!(py, "time"))? {
                 Some(time) => time,
@@ -193,7 +137,8 @@ pub(crate) fn now(py: Python<'_>) -> PyResult<f64> {
         }
     };
     if let Some((builtin, function)) = &clock.builtin {
-        if time.is(builtin) && c_function(time) == *function {
+        let builtin = builtin.bind(py);
+        if time.is(builtin) && ffi::c_function(builtin) == *function {
             if let Some(now) = realtime() {
                 return Ok(now);
             }

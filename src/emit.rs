@@ -8,27 +8,9 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::backend::Backend;
-use crate::{clock, failure, ffi, gate};
-use metrics_buffer::{Buffer, Emission, Emit, Key, Kind, Value};
-
-/// A key's tags as a new dict, or None when it has none.
-pub(crate) fn tags_dict<'py>(py: Python<'py>, key: &Key) -> PyResult<Option<Bound<'py, PyDict>>> {
-    if key.tags.is_empty() {
-        return Ok(None);
-    }
-    let tags = PyDict::new(py);
-    for (k, v) in key.tags.iter() {
-        tags.set_item(ffi::str_from_text(py, k)?, ffi::str_from_text(py, v)?)?;
-    }
-    Ok(Some(tags))
-}
-
-pub(crate) fn value_object(py: Python<'_>, value: Value) -> PyResult<Bound<'_, PyAny>> {
-    Ok(match value {
-        Value::Int(i) => i.into_pyobject(py)?.into_any(),
-        Value::Float(f) => f.into_pyobject(py)?.into_any(),
-    })
-}
+use crate::convert::{tags_dict, value_object};
+use crate::{clock, ffi, gate, report};
+use metrics_buffer::{Buffer, Emission, Emit, Key, Kind};
 
 /// How an emit ended short.
 enum Stop {
@@ -39,7 +21,7 @@ enum Stop {
 }
 
 /// Sends the emit's window, then every window asked for by other threads meanwhile. A backend
-/// error gives back what was not sent, and is then handled by [`failure::failed`]. The caller
+/// error gives back what was not sent, and is then handled by [`report::failed`]. The caller
 /// holds a [`gate::Pass`]; once exit begins on another thread, the emit stops before its next
 /// backend call and gives back what it did not send, so that no call into Python is left in
 /// progress here for finalization to cut short. A backend the garbage collector cleared is not
@@ -74,8 +56,8 @@ pub(crate) fn emit_all(
         let next = emit.end(now.as_ref().ok().copied());
         let report = core.failure_report(failure.is_some(), Instant::now());
         match failure {
-            Some(err) => failure::failed(py, err, unsent, report, core.failure_interval())?,
-            None => failure::recovered(py, report)?,
+            Some(err) => report::failed(py, err, unsent, report, core.failure_interval())?,
+            None => report::recovered(py, report)?,
         }
         // A clock error: the next window, if any, goes back (dropping its emit).
         now?;

@@ -26,7 +26,7 @@ use pyo3::types::PyList;
 
 use crate::emit::Described;
 use crate::shared::Shared;
-use crate::{failure, gate};
+use crate::{gate, report};
 use metrics_buffer::{Emission, ForkLocal, Key, Kind, Value};
 
 /// The environment variable that sets the budget, in seconds.
@@ -208,7 +208,7 @@ fn close(py: Python<'_>) {
             (outcome.started, outcome.emitted) = (started, emitted);
             (outcome.raised, outcome.first_error) = (raised, first_error);
         }
-        Err(e) => outcome.first_error = Some(failure::describe(py, &e)),
+        Err(e) => outcome.first_error = Some(report::describe(py, &e)),
     }
     outcome.idle = settled && py.detach(|| gate::wait_idle(deadline));
     report(py, &outcome, budget, invalid.as_deref());
@@ -271,7 +271,7 @@ fn report(py: Python<'_>, o: &Outcome, budget: Duration, invalid: Option<&str>) 
         (false, true) => intern!(py, "info"),
         (false, false) => return,
     };
-    let _ = failure::log(py, level, &parts.join("; "));
+    let _ = report::log(py, level, &parts.join("; "));
 }
 
 /// Registers the exit hook (at import). Everything lazy here is made now, not at fork time.

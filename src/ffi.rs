@@ -21,7 +21,7 @@
 
 use pyo3::ffi::{self, Py_ssize_t, PyObject};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyCFunction, PyString, PyTuple};
 
 #[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
 std::arch::global_asm!(
@@ -262,5 +262,126 @@ pub(crate) fn surrogatepass_bytes<'py>(
             SURROGATEPASS.as_ptr(),
         );
         Bound::from_owned_ptr_or_err(text.py(), encoded).map(|b| b.cast_into_unchecked())
+    }
+}
+
+/// The address of the C function behind a builtin function object. time-machine swaps this
+/// pointer inside the `time.time` builtin itself instead of replacing the object.
+pub(crate) fn c_function(builtin: &Bound<'_, PyCFunction>) -> usize {
+    // SAFETY: a `PyCFunction` instance is a PyCFunctionObject, whose method table pointer is set
+    // at creation and outlives it; only the function pointer's address is read.
+    unsafe {
+        let function = builtin.as_ptr().cast::<ffi::PyCFunctionObject>();
+        (*(*function).m_ml).ml_meth.PyCFunction as usize
+    }
+}
+
+/// CLOCK_REALTIME as (seconds, nanoseconds), read as CPython's `time.time()` reads it.
+pub(crate) fn realtime() -> Option<(i64, i64)> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) } != 0 {
+        return None;
+    }
+    #[allow(clippy::useless_conversion)] // `time_t` and `c_long` are not i64 on every target
+    Some((i64::from(ts.tv_sec), i64::from(ts.tv_nsec)))
+}
+
+/// CPython's dict watchers (3.12+, public API that pyo3-ffi leaves out).
+#[cfg(Py_3_12)]
+pub(crate) mod dict_watch {
+    use std::ffi::CStr;
+    use std::marker::PhantomData;
+    use std::os::raw::c_int;
+    use std::sync::OnceLock;
+
+    use pyo3::ffi::{self, PyObject};
+    use pyo3::prelude::*;
+    use pyo3::types::PyDict;
+
+    /// A change to a watched dict, reported before it takes place.
+    pub(crate) enum Change<'a> {
+        /// `key` is being set (added or modified) to the object at address `value`.
+        Set { key: Key<'a>, value: usize },
+        /// `key` is being deleted.
+        Deleted { key: Key<'a> },
+        /// The whole dict: cloned, cleared or deallocated.
+        Whole,
+    }
+
+    /// The key of a [`Change`], valid for the callback only.
+    pub(crate) struct Key<'a>(*mut PyObject, PhantomData<&'a ()>);
+
+    impl Key<'_> {
+        /// Whether it is the `str` `name` (ASCII). Reads only, allocates nothing.
+        pub(crate) fn is(&self, name: &CStr) -> bool {
+            // SAFETY: CPython passes a live key (or NULL, checked) for the duration of the
+            // callback; PyUnicode_Check reads its type, and the comparison of a `str` with an
+            // ASCII C string neither fails nor allocates.
+            unsafe {
+                !self.0.is_null()
+                    && ffi::PyUnicode_Check(self.0) != 0
+                    && ffi::PyUnicode_CompareWithASCIIString(self.0, name.as_ptr()) == 0
+            }
+        }
+    }
+
+    type Callback =
+        unsafe extern "C" fn(c_int, *mut PyObject, *mut PyObject, *mut PyObject) -> c_int;
+
+    unsafe extern "C" {
+        fn PyDict_AddWatcher(callback: Callback) -> c_int;
+    }
+
+    /// The one handler (one dict is watched per process).
+    static HANDLER: OnceLock<fn(Change<'_>)> = OnceLock::new();
+
+    // `PyDict_WatchEvent`, a C enum passed as an int, in CPython's order (3.12-3.15).
+    const ADDED: c_int = 0;
+    const MODIFIED: c_int = 1;
+    const DELETED: c_int = 2;
+
+    /// Runs inside every change to the watched dict: it must neither fail nor call Python, and
+    /// the handler is a plain function that does neither.
+    unsafe extern "C" fn changed(
+        event: c_int,
+        _dict: *mut PyObject,
+        key: *mut PyObject,
+        new_value: *mut PyObject,
+    ) -> c_int {
+        let key = Key(key, PhantomData);
+        let change = match event {
+            ADDED | MODIFIED => Change::Set {
+                key,
+                value: new_value as usize,
+            },
+            DELETED => Change::Deleted { key },
+            _ => Change::Whole,
+        };
+        if let Some(handler) = HANDLER.get() {
+            handler(change);
+        }
+        0
+    }
+
+    /// Calls `handler` for each change to `dict` from now on; false if that cannot be (a
+    /// handler is set already, or CPython has no watcher left), and then no error is pending.
+    pub(crate) fn watch(dict: &Bound<'_, PyDict>, handler: fn(Change<'_>)) -> bool {
+        if HANDLER.set(handler).is_err() {
+            return false;
+        }
+        // SAFETY: `dict` is a live dict and we hold the GIL (its token is in `dict`); an error is
+        // cleared here, so none is left pending.
+        unsafe {
+            let id = PyDict_AddWatcher(changed);
+            if id < 0 || ffi::PyDict_Watch(id, dict.as_ptr()) < 0 {
+                ffi::PyErr_Clear();
+                return false;
+            }
+        }
+        true
     }
 }

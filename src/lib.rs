@@ -1,16 +1,16 @@
 //! `arroyo_metrics_buffer._native`: the module definition only.
 
-mod args;
 mod backend;
 mod buffer;
 mod callback;
 mod clock;
+mod convert;
 mod emit;
 mod errors;
 mod exit;
-mod failure;
 mod ffi;
 mod gate;
+mod report;
 mod shared;
 
 use pyo3::exceptions::PyImportError;
@@ -27,10 +27,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Everything lazy is made here, at import: a lazy initialisation in progress in another
     // thread when the process forks would never finish in the child.
     clock::init(py)?;
-    args::init(py)?;
+    convert::init(py)?;
     buffer::init(py)?;
     emit::init(py)?;
-    failure::init(py)?;
+    report::init(py)?;
     metrics_buffer::prepare();
     metrics_buffer::register_at_fork()
         .map_err(|e| PyImportError::new_err(format!("pthread_atfork failed: {e}")))?;

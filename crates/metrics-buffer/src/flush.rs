@@ -144,7 +144,7 @@ impl Drop for Emit<'_> {
 impl Buffer {
     /// An explicit flush.
     pub fn begin_flush(&self) -> Begin<'_> {
-        let mut state = self.shared().lock();
+        let mut state = self.generation().lock();
         match state.emitter {
             Some(emitter) if emitter == thread::current().id() => Begin::Reentrant,
             Some(_) => {
@@ -158,17 +158,17 @@ impl Buffer {
     /// Everything pending now, taken out whatever emit is in progress (at interpreter exit, for
     /// the last emission); and whether another emit was in progress (its window is not in it).
     pub fn drain(&self) -> (Window, bool) {
-        let mut state = self.shared().lock();
+        let mut state = self.generation().lock();
         (state.window.take(), state.emitter.is_some())
     }
 
     /// Ends an emit: see [`Emit::end`]. `unsent` is what did not go out (`None`: all of it did);
     /// `failed`, whether to count a failure. Returns the next window to emit, if the role goes on.
     fn end_flush(&self, unsent: Option<Window>, now: Option<f64>, failed: bool) -> Option<Window> {
-        let shared = self.shared();
-        let mut state = shared.lock();
+        let generation = self.generation();
+        let mut state = generation.lock();
         if let Some(now) = now {
-            shared.set_last_flush(&mut state, now);
+            generation.set_last_flush(&mut state, now);
         }
         let gave_back = unsent.is_some();
         let mut dropped = 0;

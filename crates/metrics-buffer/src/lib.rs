@@ -117,17 +117,17 @@ pub struct FailureReport {
 }
 
 /// The lock and what it guards, for one fork generation of the process.
-struct Shared {
+struct Generation {
     state: Mutex<State>,
     /// A copy of `state.last_flush`, written under the lock, readable without it after a fork.
     last_flush: AtomicU64,
 }
 
-impl Shared {
+impl Generation {
     fn new(last_flush: f64, hasher: &KeyHasher, failure_interval: Duration) -> Self {
         let window = Window::new(hasher.clone());
         let failures = FailureLog::new(failure_interval);
-        Shared {
+        Generation {
             state: Mutex::new(State::new(window, last_flush, failures)),
             last_flush: AtomicU64::new(last_flush.to_bits()),
         }
@@ -147,7 +147,7 @@ impl Shared {
 /// The thread-safe buffer.
 pub struct Buffer {
     /// In a forked child: an empty window, a fresh lock, and the parent's time of last flush.
-    shared: ForkLocal<Shared>,
+    generation: ForkLocal<Generation>,
     /// One hash seed for every window of this buffer, so that keys can be hashed in advance.
     hasher: KeyHasher,
     frequency: f64,
@@ -165,7 +165,7 @@ impl Buffer {
     pub fn new(frequency: f64, max_samples: usize, now: f64) -> Self {
         let hasher = KeyHasher::default();
         Buffer {
-            shared: ForkLocal::new(Shared::new(now, &hasher, DEFAULT_FAILURE_INTERVAL)),
+            generation: ForkLocal::new(Generation::new(now, &hasher, DEFAULT_FAILURE_INTERVAL)),
             hasher,
             frequency,
             max_samples,
@@ -180,15 +180,15 @@ impl Buffer {
     /// At most one summary of a failing backend's failures per `interval` (see [`FailureLog`]).
     pub fn with_failure_interval(mut self, interval: Duration) -> Self {
         self.failure_interval = interval;
-        self.shared().lock().failures = FailureLog::new(interval);
+        self.generation().lock().failures = FailureLog::new(interval);
         self
     }
 
     #[inline]
-    fn shared(&self) -> &Shared {
-        self.shared.get(|parent| {
+    fn generation(&self) -> &Generation {
+        self.generation.get(|parent| {
             let last_flush = f64::from_bits(parent.last_flush.load(Ordering::Acquire));
-            Shared::new(last_flush, &self.hasher, self.failure_interval)
+            Generation::new(last_flush, &self.hasher, self.failure_interval)
         })
     }
 
@@ -202,7 +202,7 @@ impl Buffer {
         if !failed && !self.failing.load(Ordering::Acquire) {
             return None;
         }
-        let mut state = self.shared().lock();
+        let mut state = self.generation().lock();
         let report = if failed {
             state.failures.failed(now)
         } else {
@@ -255,12 +255,12 @@ impl Buffer {
         now: Option<f64>,
         permit: impl FnOnce() -> Option<P>,
     ) -> Result<Option<(Emit<'_>, P)>, CoreError> {
-        let shared = self.shared();
-        let mut state = shared.lock();
+        let generation = self.generation();
+        let mut state = generation.lock();
         let dropped = state.window.apply(adds, self.max_samples)?;
         let won = match now {
             Some(now) if state.throttle_due(now, self.frequency) => permit().map(|pass| {
-                shared.set_last_flush(&mut state, now);
+                generation.set_last_flush(&mut state, now);
                 (Emit::new(self, state.become_emitter()), pass)
             }),
             _ => None,
@@ -278,7 +278,7 @@ impl Buffer {
 
     /// What is pending, without flushing: (kind, key, sum, number of values) per entry.
     pub fn snapshot(&self) -> Vec<(Kind, Key, Value, u64)> {
-        let state = self.shared().lock();
+        let state = self.generation().lock();
         state
             .window
             .entries()
@@ -486,7 +486,7 @@ mod tests {
         let _alone = exclusive();
         let b = Buffer::new(1.0, 100, 7.0);
         b.record(&[counter("parent", 1)], None).unwrap();
-        let held = b.shared().lock();
+        let held = b.generation().lock();
         // What fork() leaves in the child: the lock held by a thread that does not exist there.
         after_fork_in_child();
         b.record(&[counter("child", 1)], None).unwrap();

@@ -1,4 +1,5 @@
-//! Argument conversion: Python arguments to core values, with errors that name the argument.
+//! Conversion both ways: Python arguments to core values, with errors that name the argument; and
+//! core values (names, tags, sums) back to the Python objects arroyo would have passed.
 //!
 //! The usual arguments (`str`, `int`, `float`, a `dict` of `str`) convert without running any
 //! Python code. Anything else may (`numbers.Real`, `__float__`, a `Mapping`'s `items()`, a `repr`
@@ -11,6 +12,8 @@ use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyString};
+
+use metrics_buffer::{Key, Value};
 
 use crate::errors::Error;
 use crate::{ffi, gate};
@@ -26,7 +29,9 @@ struct Callables {
 static CALLABLES: PyOnceLock<Callables> = PyOnceLock::new();
 
 fn callables(py: Python<'_>) -> &Callables {
-    CALLABLES.get(py).expect("args::init runs at module import")
+    CALLABLES
+        .get(py)
+        .expect("convert::init runs at module import")
 }
 
 /// `isinstance(obj, cls)`.
@@ -244,5 +249,24 @@ pub(crate) fn tags(
                 pair(k, v)
             })
             .collect()
+    })
+}
+
+/// A key's tags as a new dict, or None when it has none.
+pub(crate) fn tags_dict<'py>(py: Python<'py>, key: &Key) -> PyResult<Option<Bound<'py, PyDict>>> {
+    if key.tags.is_empty() {
+        return Ok(None);
+    }
+    let tags = PyDict::new(py);
+    for (k, v) in key.tags.iter() {
+        tags.set_item(ffi::str_from_text(py, k)?, ffi::str_from_text(py, v)?)?;
+    }
+    Ok(Some(tags))
+}
+
+pub(crate) fn value_object(py: Python<'_>, value: Value) -> PyResult<Bound<'_, PyAny>> {
+    Ok(match value {
+        Value::Int(i) => i.into_pyobject(py)?.into_any(),
+        Value::Float(f) => f.into_pyobject(py)?.into_any(),
     })
 }

@@ -126,7 +126,7 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
 fn callables(py: Python<'_>) -> &Callables {
     CALLABLES
         .get(py)
-        .expect("failure::init runs at module import")
+        .expect("report::init runs at module import")
 }
 
 /// `logging.getLogger("arroyo_metrics_buffer").<level>(message)`; what it raises is returned.
