@@ -5,10 +5,10 @@ set -euo pipefail
 shopt -s inherit_errexit 2>/dev/null || true
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# The CPythons CI tests (pyproject.toml's classifiers name exactly these). 3.11 is this machine's
-# python3; the others come from $PYTHON_LOCATOR VERSION, by default ../shared/tools/debian-python
-# (beside the repository; GitHub's runners use .github/python-on-path). confluent-kafka has no
-# wheel for 3.15 yet, and sentry-arroyo needs it: 3.15 runs our tests without either.
+# The CPythons CI tests (pyproject.toml's classifiers name exactly these). 3.11 is python3 when
+# that is 3.11; the others (and 3.11 otherwise) come from $PYTHON_LOCATOR VERSION, by default
+# scripts/find-python (python3.X on PATH, a locator beside the repository, or uv). confluent-kafka
+# has no wheel for 3.15 yet, and sentry-arroyo needs it: 3.15 runs our tests without either.
 PYTHONS=(3.11 3.13 3.14 3.15)
 NO_KAFKA_PYTHONS=(3.15)
 MAIN_PYTHON=3.11
@@ -16,7 +16,9 @@ MAIN_PYTHON=3.11
 # samples, the first with them, and the latest release when this list was last updated.
 ARROYO_VERSIONS=(2.31.2 2.40.1 2.40.3 2.48.0)
 MAIN_ARROYO=2.48.0
-PYTHON_LOCATOR=${PYTHON_LOCATOR:-$ROOT/../shared/tools/debian-python}
+PYTHON_LOCATOR=${PYTHON_LOCATOR:-$ROOT/scripts/find-python}
+# Every virtualenv's tools are pinned (see the file).
+CONSTRAINTS=$ROOT/constraints.txt
 ARCH=$(uname -m)
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
@@ -50,17 +52,18 @@ python_for() {
 # is_no_kafka VERSION: true for the CPythons without confluent-kafka (and so without arroyo).
 is_no_kafka() { [[ " ${NO_KAFKA_PYTHONS[*]} " == *" $1 "* ]]; }
 
-# make_venv DIR PYTHON REQUIREMENTS... -> DIR, made anew when what it should hold has changed.
+# make_venv DIR PYTHON REQUIREMENTS... -> DIR, made anew when what it should hold (the
+# requirements, the pins of constraints.txt) has changed.
 make_venv() {
   local dir=$1 python=$2 wants
   shift 2
-  wants="$("$python" -VV | head -1) $*"
+  wants="$("$python" -VV | head -1) $* $(cksum <"$CONSTRAINTS")"
   if [ "$(cat "$dir/.ready" 2>/dev/null)" != "$wants" ]; then
     say "virtualenv $(basename "$dir"): $*"
     rm -rf "$dir"
     "$python" -m venv "$dir"
-    "$dir/bin/pip" install -q --upgrade pip >&2
-    "$dir/bin/pip" install -q "$@" >&2
+    "$dir/bin/pip" install -q -c "$CONSTRAINTS" --upgrade pip >&2
+    "$dir/bin/pip" install -q -c "$CONSTRAINTS" "$@" >&2
     echo "$wants" >"$dir/.ready"
   fi
   echo "$dir"
