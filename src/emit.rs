@@ -105,7 +105,7 @@ static KWNAMES: PyOnceLock<[Py<PyTuple>; 3]> = PyOnceLock::new();
 
 /// Makes the keyword names (at module import). Interned, as a Python call site's are: CPython
 /// matches keyword names to parameters by identity first and compares strings only after that,
-/// which was a fifth of a flush's instructions with plain strings (callgrind, 3.11-3.14).
+/// which plain strings would make slower (docs/performance.md).
 pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
     let interned = |names: &[&str]| PyTuple::new(py, names.iter().map(|n| PyString::intern(py, n)));
     let names = [

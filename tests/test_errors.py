@@ -1,5 +1,6 @@
 """Whatever the backend and logging raise, no metrics method returns with a Python error pending
-(issue 8.2), and a counter given back at the i64 edge is never saturated (issue 8.5)."""
+(a raising filter, an interrupting handler, RecursionError at any headroom), and a counter given
+back at the i64 edge is never saturated."""
 
 from __future__ import annotations
 

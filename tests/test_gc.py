@@ -1,5 +1,5 @@
-"""Reference cycles through a buffer are collected, and the native classes take weak references
-(issue 8.3)."""
+"""Reference cycles through a buffer are collected, and the native classes take weak references:
+a backend that holds its buffer, its delivery callback or its bound flush is freed."""
 
 from __future__ import annotations
 

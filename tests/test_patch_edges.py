@@ -1,5 +1,6 @@
-"""install() at its edges: a fork while another thread is inside install() (issue 8.4); subclasses,
-keyword calls and another library's later patch (issue 8.8)."""
+"""install() at its edges: a fork while another thread is inside install() leaves the child a
+consistent patch; subclasses keep their overrides; arroyo's parameter names work as keywords; and
+an attribute another library replaced after install() is left to it."""
 
 from __future__ import annotations
 

@@ -107,9 +107,7 @@ pub struct Window {
     /// Untagged names by the address of their bytes: callers pass the same (interned) string
     /// objects over and over, so this skips hashing. Only a hint: a hit is checked byte by byte.
     /// Prepared keys by the address of their `Arc`: a hit is checked by identity.
-    /// Measured on hashbrown + foldhash (release build, CPython 3.11, `incr_counter` of one
-    /// untagged name, 10 interleaved runs): 124.5 ns per call with hints, 140.1 ns without
-    /// (medians; best 120.3 vs 131.8 ns); callgrind: 1,741 vs 1,847 instructions per call.
+    /// (What the hints save is measured in the project's docs/performance.md.)
     /// (Boxed: a window is returned by value, and should stay small to move.)
     hints: Box<[(usize, u32); HINTS]>,
 }

@@ -18,55 +18,45 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._native import MetricsBuffer
-from .base import (
-    Bind,
-    Make,
-    Shape,
-    Target,
-    defined_by,
-    frequency_of,
-    missing,
-    names_used,
-    native_of,
-    params,
-    take_pending,
-)
+from . import base
 
 INCR = ("incr_timing", "incr_counter")
 METHODS = (*INCR, "flush")
 
 
-def adoption(cls: type) -> tuple[Make, Bind]:
+def adoption(cls: type) -> tuple[base.Make, base.Bind]:
     """How an instance of `cls` (arroyo's class, or a subclass) gets its native buffer."""
 
     def make(buffer: Any) -> MetricsBuffer:
         # A subclass's own flush() must be what the throttle calls, as in arroyo: then the
         # native buffer never flushes by itself and the incr_*() wrappers do arroyo's throttle.
-        own_flush = defined_by(buffer, cls, "flush")
-        native = MetricsBuffer(buffer.metrics, frequency_sec=frequency_of(cls) if own_flush else math.inf)
+        own_flush = base.defined_by(buffer, cls, "flush")
+        native = MetricsBuffer(
+            buffer.metrics, frequency_sec=base.frequency_of(cls) if own_flush else math.inf
+        )
         # An instance from before install(): carry over what it had pending.
-        for metric, duration in take_pending(buffer, "_MetricsBuffer__timers"):
+        for metric, duration in base.take_pending(buffer, "_MetricsBuffer__timers"):
             native.incr_timing(metric, duration)
-        for metric, delta in take_pending(buffer, "_MetricsBuffer__counters"):
+        for metric, delta in base.take_pending(buffer, "_MetricsBuffer__counters"):
             native.incr_counter(metric, delta)
         return native
 
     def bind(buffer: Any, native: MetricsBuffer) -> dict[str, Any]:
         # The fast path (arroyo's call straight into native code) only where the class's method
         # is arroyo's own: a subclass's override keeps being called.
-        if not defined_by(buffer, cls, "flush"):
+        if not base.defined_by(buffer, cls, "flush"):
             return {}
-        return {name: getattr(native, name) for name in METHODS if defined_by(buffer, cls, name)}
+        return {name: getattr(native, name) for name in METHODS if base.defined_by(buffer, cls, name)}
 
     return make, bind
 
 
-class ProcessorMetricsBufferTarget(Target):
+class ProcessorMetricsBufferTarget(base.Target):
     module_name = "arroyo.processing.processor"
     class_name = "MetricsBuffer"
 
-    def detect(self, cls: type, namespace: Mapping[str, Any]) -> Shape | str:
-        absent = missing(namespace, ("__init__", *METHODS))
+    def detect(self, cls: type, namespace: Mapping[str, Any]) -> base.Shape | str:
+        absent = base.missing(namespace, ("__init__", *METHODS))
         if absent:
             return f"has no {', '.join(absent)}"
         expected = {
@@ -76,36 +66,36 @@ class ProcessorMetricsBufferTarget(Target):
             "flush": ("self",),
         }
         for method, want in expected.items():
-            got = params(namespace[method])
+            got = base.params(namespace[method])
             if got != want:
                 return f"has {method}{got} where {method}{want} was expected"
-        flush_uses = names_used(namespace["flush"])
+        flush_uses = base.names_used(namespace["flush"])
         needed = {"timing", "increment", "_MetricsBuffer__timers", "_MetricsBuffer__counters"}
         if not needed <= flush_uses:
             return f"flush() does not use {sorted(needed - flush_uses)}"
         try:
-            frequency_of(cls)
+            base.frequency_of(cls)
         except (AttributeError, TypeError, ValueError) as e:
             return f"has no usable METRICS_FREQUENCY_SEC: {e}"
-        return Shape("timings and counters summed in dicts, flushed by iterating them")
+        return base.Shape("timings and counters summed in dicts, flushed by iterating them")
 
-    def replacements(self, cls: type, shape: Shape) -> dict[str, Any]:
+    def replacements(self, cls: type, shape: base.Shape) -> dict[str, Any]:
         original = {name: cls.__dict__[name] for name in ("__init__", *METHODS)}
         make, bind = adoption(cls)
 
         @functools.wraps(original["__init__"])
         def __init__(self: Any) -> None:
             original["__init__"](self)
-            native_of(self, make, bind)  # or arroyo's own behaviour, if that fails
+            base.native_of(self, make, bind)  # or arroyo's own behaviour, if that fails
 
         def incr(name: str) -> Any:
             @functools.wraps(original[name])
             def method(self: Any, *args: Any, **kwargs: Any) -> None:
-                native = native_of(self, make, bind)
+                native = base.native_of(self, make, bind)
                 if native is None:
                     return original[name](self, *args, **kwargs)  # type: ignore[no-any-return]
                 getattr(native, name)(*args, **kwargs)
-                if not defined_by(self, cls, "flush"):
+                if not base.defined_by(self, cls, "flush"):
                     throttled_flush(self)
                 return None
 
@@ -113,12 +103,12 @@ class ProcessorMetricsBufferTarget(Target):
 
         def throttled_flush(self: Any) -> None:
             # arroyo's __throttled_record(), for a subclass that overrides flush()
-            if time.time() - getattr(self, "_MetricsBuffer__last_record_time", 0.0) > frequency_of(cls):
+            if time.time() - getattr(self, "_MetricsBuffer__last_record_time", 0.0) > base.frequency_of(cls):
                 self.flush()
 
         @functools.wraps(original["flush"])
         def flush(self: Any) -> None:
-            native = native_of(self, make, bind)
+            native = base.native_of(self, make, bind)
             if native is None:
                 return original["flush"](self)  # type: ignore[no-any-return]
             native.flush()

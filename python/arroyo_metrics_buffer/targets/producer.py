@@ -23,19 +23,7 @@ from functools import partial, wraps
 from typing import Any
 
 from .._native import DeliveryCallback, MetricsBuffer
-from .base import (
-    Bind,
-    Make,
-    Shape,
-    Target,
-    defined_by,
-    frequency_of,
-    missing,
-    names_used,
-    native_of,
-    params,
-    take_pending,
-)
+from . import base
 
 PRODUCE_STATUS = "arroyo.producer.produce_status"
 CALLBACK_LATENCY = "arroyo.producer.callback_latency"
@@ -44,11 +32,11 @@ WRAPPER = "_ConfluentProducer__delivery_callback"
 FLUSH_METRICS = "_ConfluentProducer__flush_metrics"
 LAST_RECORD = "_ConfluentProducer__last_record_time"
 
-DIRECT = Shape(
+DIRECT = base.Shape(
     "emits each delivery report directly (2.31.0-2.31.1): no buffer, nothing to fix", needs_patch=False
 )
-COUNTERS = Shape("produce_status counters in a dict (2.31.2-2.40.1)")
-COUNTERS_AND_LATENCY = Shape(
+COUNTERS = base.Shape("produce_status counters in a dict (2.31.2-2.40.1)")
+COUNTERS_AND_LATENCY = base.Shape(
     "produce_status counters in a dict and callback_latency samples in a list (2.40.3+)", latency=True
 )
 
@@ -65,31 +53,31 @@ def latency_tags(producer_name: str | None) -> dict[str, str]:
     return {"producer_name": producer_name or "N/A"}
 
 
-class ConfluentProducerTarget(Target):
+class ConfluentProducerTarget(base.Target):
     module_name = "arroyo.backends.kafka.consumer"
     class_name = "ConfluentProducer"
 
-    def detect(self, cls: type, namespace: Mapping[str, Any]) -> Shape | str:
-        absent = missing(namespace, ("__init__", CALLBACK, "produce"))
+    def detect(self, cls: type, namespace: Mapping[str, Any]) -> base.Shape | str:
+        absent = base.missing(namespace, ("__init__", CALLBACK, "produce"))
         if absent:
             return f"has no {', '.join(absent)}"
         callback = namespace[CALLBACK]
-        callback_uses = names_used(callback)
+        callback_uses = base.names_used(callback)
         if FLUSH_METRICS not in namespace:
             if "increment" in callback_uses and PRODUCE_STATUS in callback_uses:
                 return DIRECT
             return "has no __flush_metrics and does not emit directly either"
-        absent = missing(namespace, (FLUSH_METRICS, "flush"))
+        absent = base.missing(namespace, (FLUSH_METRICS, "flush"))
         if absent:
             return f"has no {', '.join(absent)}"
-        flush_uses = names_used(namespace[FLUSH_METRICS])
+        flush_uses = base.names_used(namespace[FLUSH_METRICS])
         if PRODUCE_STATUS not in flush_uses or "_ConfluentProducer__produce_counters" not in callback_uses:
             return "does not buffer produce_status the way arroyo 2.31.2+ does"
         try:
-            frequency_of(cls)
+            base.frequency_of(cls)
         except (AttributeError, TypeError, ValueError) as e:
             return f"has no usable METRICS_FREQUENCY_SEC: {e}"
-        signature = params(callback)
+        signature = base.params(callback)
         if signature == ("self", "error", "_message") and CALLBACK_LATENCY not in flush_uses:
             return COUNTERS
         if (
@@ -100,34 +88,34 @@ class ConfluentProducerTarget(Target):
             return COUNTERS_AND_LATENCY
         return f"has __metrics_delivery_callback{signature}, which no known arroyo version has"
 
-    def replacements(self, cls: type, shape: Shape) -> dict[str, Any]:
+    def replacements(self, cls: type, shape: base.Shape) -> dict[str, Any]:
         original = {name: cls.__dict__[name] for name in ("__init__", CALLBACK, FLUSH_METRICS)}
         make, bind = adoption(cls, shape)
 
         @wraps(original["__init__"])
         def __init__(self: Any, configuration: Any, *args: Any, **kwargs: Any) -> None:
             original["__init__"](self, configuration, *args, **kwargs)
-            native_of(self, make, bind)  # or arroyo's own behaviour, if that fails
+            base.native_of(self, make, bind)  # or arroyo's own behaviour, if that fails
 
         @wraps(original[CALLBACK])
         def metrics_delivery_callback(self: Any, *args: Any, **kwargs: Any) -> None:
-            native = native_of(self, make, bind)
+            native = base.native_of(self, make, bind)
             if native is None:
                 return original[CALLBACK](self, *args, **kwargs)  # type: ignore[no-any-return]
             report = vars(self).get(CALLBACK) or delivery_callback(self, native, shape).report
             report(*args, **kwargs)
-            if not defined_by(self, cls, FLUSH_METRICS):
+            if not base.defined_by(self, cls, FLUSH_METRICS):
                 throttled_flush(self)
             return None
 
         def throttled_flush(self: Any) -> None:
             # arroyo's __throttled_record(), for a subclass that overrides __flush_metrics()
-            if time.time() - getattr(self, LAST_RECORD, 0.0) > frequency_of(cls):
+            if time.time() - getattr(self, LAST_RECORD, 0.0) > base.frequency_of(cls):
                 getattr(self, FLUSH_METRICS)()
 
         @wraps(original[FLUSH_METRICS])
         def flush_metrics(self: Any) -> None:
-            native = native_of(self, make, bind)
+            native = base.native_of(self, make, bind)
             if native is None:
                 return original[FLUSH_METRICS](self)  # type: ignore[no-any-return]
             native.flush()
@@ -148,10 +136,10 @@ def flushes_like_arroyo(cls: type) -> bool:
     """Whether arroyo's ``flush(timeout)`` is the one `flush_then_emit` wraps: it emits the metrics
     (``__flush_metrics``), then flushes the producer. If a later arroyo changes it, it stays."""
     flush = vars(cls).get("flush")
-    return params(flush) == ("self", "timeout") and FLUSH_METRICS in names_used(flush)
+    return base.params(flush) == ("self", "timeout") and FLUSH_METRICS in base.names_used(flush)
 
 
-def flush_then_emit(original: Callable[..., Any], make: Make, bind: Bind) -> Callable[..., Any]:
+def flush_then_emit(original: Callable[..., Any], make: base.Make, bind: base.Bind) -> Callable[..., Any]:
     """``flush()`` and ``close()`` (whose worker flushes) emit what they delivered.
 
     arroyo's ``flush()`` emits the metrics first and then flushes the producer, which runs the
@@ -164,7 +152,7 @@ def flush_then_emit(original: Callable[..., Any], make: Make, bind: Bind) -> Cal
 
     @wraps(original)
     def flush(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if native_of(self, make, bind) is None:
+        if base.native_of(self, make, bind) is None:
             return original(self, *args, **kwargs)
         before = DeliveryCallback.reports_on_this_thread()
         remaining = original(self, *args, **kwargs)
@@ -175,7 +163,7 @@ def flush_then_emit(original: Callable[..., Any], make: Make, bind: Bind) -> Cal
     return flush
 
 
-def delivery_callback(producer: Any, native: MetricsBuffer, shape: Shape) -> DeliveryCallback:
+def delivery_callback(producer: Any, native: MetricsBuffer, shape: base.Shape) -> DeliveryCallback:
     name = producer.producer_name
     return native.delivery_callback(
         PRODUCE_STATUS,
@@ -186,7 +174,7 @@ def delivery_callback(producer: Any, native: MetricsBuffer, shape: Shape) -> Del
     )
 
 
-def wraps_like_arroyo(cls: type, shape: Shape) -> bool:
+def wraps_like_arroyo(cls: type, shape: base.Shape) -> bool:
     """Whether arroyo's ``__delivery_callback`` is the wrapper `wrapper` replaces: ``(user_callback)``
     returning a closure that calls ``__metrics_delivery_callback`` and then the user's callback
     (2.31.2+), with ``time_of_produce`` bound by ``functools.partial`` (2.40.3+). If a later arroyo
@@ -198,7 +186,7 @@ def wraps_like_arroyo(cls: type, shape: Shape) -> bool:
         uses = {CALLBACK, "user_callback", "partial"}
     else:
         expected, uses = ("self", "user_callback"), {CALLBACK, "user_callback"}
-    return params(wrapper) == expected and uses <= names_used(wrapper)
+    return base.params(wrapper) == expected and uses <= base.names_used(wrapper)
 
 
 def deliver(
@@ -251,38 +239,38 @@ def wrapper(producer: Any, report: Callable[..., None], latency: bool) -> Callab
     return wrap
 
 
-def adoption(cls: type, shape: Shape) -> tuple[Make, Bind]:
+def adoption(cls: type, shape: base.Shape) -> tuple[base.Make, base.Bind]:
     """How an instance of `cls` (arroyo's class, or a subclass) gets its native buffer."""
     replace_wrapper = wraps_like_arroyo(cls, shape)  # checked once per class
 
     def make(producer: Any) -> MetricsBuffer:
         # A subclass's own __flush_metrics() must be what the throttle calls, as in arroyo: then
         # the native buffer never flushes by itself and the callback wrapper does the throttle.
-        own_flush = defined_by(producer, cls, FLUSH_METRICS)
+        own_flush = base.defined_by(producer, cls, FLUSH_METRICS)
         native = MetricsBuffer(
             producer._ConfluentProducer__metrics,
-            frequency_sec=frequency_of(cls) if own_flush else math.inf,
+            frequency_sec=base.frequency_of(cls) if own_flush else math.inf,
             keyword_args=True,
         )
         # An instance from before install(): carry over what it had pending.
         name = producer.producer_name
-        for status, count in take_pending(producer, "_ConfluentProducer__produce_counters"):
+        for status, count in base.take_pending(producer, "_ConfluentProducer__produce_counters"):
             native.incr_counter(PRODUCE_STATUS, count, status_tags(name, status))
-        for value in take_pending(producer, "_ConfluentProducer__callback_latency"):
+        for value in base.take_pending(producer, "_ConfluentProducer__callback_latency"):
             native.record_timing(CALLBACK_LATENCY, value, latency_tags(name))
         return native
 
     def bind(producer: Any, native: MetricsBuffer) -> dict[str, Any]:
         # The fast path only where the class's methods are arroyo's own. A bound builtin method:
         # arroyo's `self.__metrics_delivery_callback(...)` is then one vectorcall into native code.
-        if not defined_by(producer, cls, FLUSH_METRICS):
+        if not base.defined_by(producer, cls, FLUSH_METRICS):
             return {}
         bound: dict[str, Any] = {FLUSH_METRICS: native.flush}
-        if defined_by(producer, cls, CALLBACK):
+        if base.defined_by(producer, cls, CALLBACK):
             callback = delivery_callback(producer, native, shape)
             bound[CALLBACK] = callback.report
             # arroyo's wrapper calls the method above, so it is replaced only along with it.
-            if replace_wrapper and defined_by(producer, cls, WRAPPER):
+            if replace_wrapper and base.defined_by(producer, cls, WRAPPER):
                 bound[WRAPPER] = wrapper(producer, callback.report, shape.latency)
         return bound
 
