@@ -32,7 +32,15 @@ die() {
 # GitHub workflow schema checker. What a test virtualenv gets; the main one also gets the linters.
 BUILD_TOOLS="maturin>=1.9.4,<2 ziglang auditwheel check-jsonschema"
 TEST_TOOLS="pytest pytest-timeout pytest-benchmark freezegun time-machine"
-KAFKA_TOOLS="confluent-kafka"
+KAFKA_TOOLS="confluent-kafka==2.16.1"
+# kafka_tools ARROYO_VERSION: confluent-kafka pinned within what that arroyo accepts (2.31.2
+# requires < 2.10); constraints.txt cannot say it, as it depends on the arroyo version.
+kafka_tools() {
+  case "$1" in
+    2.31.*) echo "confluent-kafka==2.9.0" ;;
+    *) echo "$KAFKA_TOOLS" ;;
+  esac
+}
 LINT_TOOLS="ruff mypy"
 
 # python_for VERSION -> path of that CPython, or stop with the reason (never skip a Python).
@@ -79,7 +87,7 @@ tools_venv() {
 test_venv() {
   local version=$1 arroyo=${2:-$MAIN_ARROYO} wants=$TEST_TOOLS name=py$1
   if ! is_no_kafka "$version"; then
-    wants="$wants $KAFKA_TOOLS sentry-arroyo==$arroyo"
+    wants="$wants $(kafka_tools "$arroyo") sentry-arroyo==$arroyo"
     name="$name-arroyo$arroyo"
   fi
   if [ "$version" = "$MAIN_PYTHON" ] && [ "$arroyo" = "$MAIN_ARROYO" ]; then wants="$wants $LINT_TOOLS"; fi
