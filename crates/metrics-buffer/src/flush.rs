@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 use std::thread::{self, ThreadId};
 
 use super::failures::FailureLog;
-use super::{Buffer, Emission, Window};
+use super::{Buffer, Emission, Lock, Window};
 
-/// What the buffer's lock guards.
-pub(super) struct State {
+/// What a buffer's [`Lock`] guards (opaque: only the buffer looks inside).
+pub struct State {
     pub(super) window: Window,
     pub(super) last_flush: f64,
     emitter: Option<ThreadId>,
@@ -46,9 +46,9 @@ impl State {
 }
 
 /// What an explicit flush should do.
-pub enum Begin<'a> {
+pub enum Begin<'a, L: Lock<State> = std::sync::Mutex<State>> {
     /// This thread is now the emitter: send the window, then [`Emit::end`].
-    Emit(Emit<'a>),
+    Emit(Emit<'a, L>),
     /// Another thread is emitting; it will flush again for us when it is done.
     HandedOff,
     /// This thread is already emitting (a backend called back into the buffer): the current
@@ -60,16 +60,16 @@ pub enum Begin<'a> {
 /// guard is dropped on any other path (a panic, an early return): then whatever was not sent is
 /// given back, as after a failed emit.
 #[must_use = "dropping it ends the emit at once; send the window, then call end()"]
-pub struct Emit<'a> {
-    buffer: &'a Buffer,
+pub struct Emit<'a, L: Lock<State> = std::sync::Mutex<State>> {
+    buffer: &'a Buffer<L>,
     /// `None` once ended.
     window: Option<Window>,
     /// How many of the window's emissions went out.
     sent: usize,
 }
 
-impl<'a> Emit<'a> {
-    pub(super) fn new(buffer: &'a Buffer, window: Window) -> Self {
+impl<'a, L: Lock<State>> Emit<'a, L> {
+    pub(super) fn new(buffer: &'a Buffer<L>, window: Window) -> Self {
         Emit {
             buffer,
             window: Some(window),
@@ -107,7 +107,7 @@ impl<'a> Emit<'a> {
     /// Ends the emit. What did not go out goes back ahead of what arrived meanwhile. `now` (when
     /// known) becomes the time of the last flush. If another thread asked for a flush meanwhile
     /// and everything went out, the role goes on with the next window; otherwise it ends here.
-    pub fn end(mut self, now: Option<f64>) -> Option<Emit<'a>> {
+    pub fn end(mut self, now: Option<f64>) -> Option<Emit<'a, L>> {
         let next = self.finish(now)?;
         Some(Emit::new(self.buffer, next))
     }
@@ -131,7 +131,7 @@ impl<'a> Emit<'a> {
     }
 }
 
-impl Drop for Emit<'_> {
+impl<L: Lock<State>> Drop for Emit<'_, L> {
     fn drop(&mut self) {
         if let Some(window) = self.window.take() {
             // Not ended: give back what did not go out, failed or not, and end the role.
@@ -141,9 +141,9 @@ impl Drop for Emit<'_> {
     }
 }
 
-impl Buffer {
+impl<L: Lock<State>> Buffer<L> {
     /// An explicit flush.
-    pub fn begin_flush(&self) -> Begin<'_> {
+    pub fn begin_flush(&self) -> Begin<'_, L> {
         let mut state = self.generation().lock();
         match state.emitter {
             Some(emitter) if emitter == thread::current().id() => Begin::Reentrant,

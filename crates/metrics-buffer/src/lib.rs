@@ -56,19 +56,20 @@ mod flush;
 #[allow(unsafe_code)]
 mod fork;
 mod key;
+mod lock;
 mod window;
 
 pub use failures::{FailureLog, Report};
-pub use flush::{Begin, Emit};
+pub use flush::{Begin, Emit, State};
 pub use fork::{ForkLocal, after_fork_in_child, register_at_fork};
 pub use key::{Key, Kind, Text, Value};
+pub use lock::Lock;
 pub use window::{Add, Emission, Entry, Prepared, Window};
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use flush::State;
 use key::KeyHasher;
 
 /// A change that was refused; the buffer is unchanged.
@@ -117,25 +118,24 @@ pub struct FailureReport {
 }
 
 /// The lock and what it guards, for one fork generation of the process.
-struct Generation {
-    state: Mutex<State>,
+struct Generation<L> {
+    state: L,
     /// A copy of `state.last_flush`, written under the lock, readable without it after a fork.
     last_flush: AtomicU64,
 }
 
-impl Generation {
+impl<L: Lock<State>> Generation<L> {
     fn new(last_flush: f64, hasher: &KeyHasher, failure_interval: Duration) -> Self {
         let window = Window::new(hasher.clone());
         let failures = FailureLog::new(failure_interval);
         Generation {
-            state: Mutex::new(State::new(window, last_flush, failures)),
+            state: L::new(State::new(window, last_flush, failures)),
             last_flush: AtomicU64::new(last_flush.to_bits()),
         }
     }
 
-    /// The state; a panic that happened under the lock (a bug) does not make it unusable.
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> L::Guard<'_> {
+        self.state.lock()
     }
 
     fn set_last_flush(&self, state: &mut State, now: f64) {
@@ -144,10 +144,10 @@ impl Generation {
     }
 }
 
-/// The thread-safe buffer.
-pub struct Buffer {
+/// The thread-safe buffer. `L` keeps its state to one thread at a time (see [`Lock`]).
+pub struct Buffer<L: Lock<State> = Mutex<State>> {
     /// In a forked child: an empty window, a fresh lock, and the parent's time of last flush.
-    generation: ForkLocal<Generation>,
+    generation: ForkLocal<Generation<L>>,
     /// One hash seed for every window of this buffer, so that keys can be hashed in advance.
     hasher: KeyHasher,
     frequency: f64,
@@ -161,8 +161,17 @@ pub struct Buffer {
 }
 
 impl Buffer {
-    /// `now` is the time of creation, which counts as the last flush for the throttle.
+    /// A buffer whose state a `std::sync::Mutex` guards: flushes at most every `frequency`
+    /// seconds, holds at most `max_samples` samples a window; `now` is the time of creation,
+    /// which counts as the last flush for the throttle.
     pub fn new(frequency: f64, max_samples: usize, now: f64) -> Self {
+        Self::with_lock(frequency, max_samples, now)
+    }
+}
+
+impl<L: Lock<State>> Buffer<L> {
+    /// [`Buffer::new`], with the state guarded by an `L` (see [`Lock`]).
+    pub fn with_lock(frequency: f64, max_samples: usize, now: f64) -> Self {
         let hasher = KeyHasher::default();
         Buffer {
             generation: ForkLocal::new(Generation::new(now, &hasher, DEFAULT_FAILURE_INTERVAL)),
@@ -185,7 +194,7 @@ impl Buffer {
     }
 
     #[inline]
-    fn generation(&self) -> &Generation {
+    fn generation(&self) -> &Generation<L> {
         self.generation.get(|parent| {
             let last_flush = f64::from_bits(parent.last_flush.load(Ordering::Acquire));
             Generation::new(last_flush, &self.hasher, self.failure_interval)
@@ -241,7 +250,7 @@ impl Buffer {
         &self,
         adds: &[Add<'_, S>],
         now: Option<f64>,
-    ) -> Result<Option<Emit<'_>>, CoreError> {
+    ) -> Result<Option<Emit<'_, L>>, CoreError> {
         let won = self.record_gated(adds, now, || Some(()))?;
         Ok(won.map(|(emit, ())| emit))
     }
@@ -254,7 +263,7 @@ impl Buffer {
         adds: &[Add<'_, S>],
         now: Option<f64>,
         permit: impl FnOnce() -> Option<P>,
-    ) -> Result<Option<(Emit<'_>, P)>, CoreError> {
+    ) -> Result<Option<(Emit<'_, L>, P)>, CoreError> {
         let generation = self.generation();
         let mut state = generation.lock();
         let dropped = state.window.apply(adds, self.max_samples)?;

@@ -222,6 +222,9 @@ impl Window {
         adds: &[Add<'_, S>],
         max_samples: usize,
     ) -> Result<u64, CoreError> {
+        if let [add] = adds {
+            return self.apply_one(add, max_samples);
+        }
         // The first adds are hashed and looked up once (a delivery report is two); any beyond that
         // are looked up again when applied.
         const BATCH: usize = 2;
@@ -263,6 +266,37 @@ impl Window {
             }
         }
         Ok(dropped)
+    }
+
+    /// [`Window::apply`] of one add (the common call): looked up once, nothing to batch.
+    fn apply_one<S: AsRef<[u8]>>(
+        &mut self,
+        add: &Add<'_, S>,
+        max_samples: usize,
+    ) -> Result<u64, CoreError> {
+        let (hash, at) = self.locate(add);
+        if let Value::Int(delta) = add.amount {
+            self.check_counter(at, &[], add, delta)?;
+        }
+        if add.kind == Kind::Sample && self.samples.len() >= max_samples {
+            return Ok(1);
+        }
+        let at = match at {
+            Some(at) => at,
+            None => {
+                let key = match add.prepared {
+                    Some(p) => Arc::clone(&p.key),
+                    None => Arc::new(Key::new(add.name, add.tags)),
+                };
+                self.insert(hash, add.kind, key, add.amount.zero())
+            }
+        };
+        self.remember(add, at);
+        self.accumulate(at, add.amount, 1);
+        if let (Kind::Sample, Value::Float(v)) = (add.kind, add.amount) {
+            self.samples.push((at, v));
+        }
+        Ok(0)
     }
 
     /// Refuses a counter add whose sum would leave the i64 range, counting the `earlier` adds of
