@@ -16,11 +16,13 @@ use pyo3::types::{PyString, PyTuple};
 
 use crate::backend::Backend;
 use crate::callback::DeliveryCallbackPy;
-use crate::convert::{tags_dict, value_object};
+use crate::convert::{OwnedText, tags_dict, value_object};
 use crate::errors::Error;
+use crate::floor::FloorPy;
+use crate::locked::Core;
 use crate::shared::Shared;
 use crate::{clock, convert, exit, ffi, gate};
-use metrics_buffer::{Add, Buffer, DEFAULT_FAILURE_INTERVAL, Kind, Value};
+use metrics_buffer::{Add, DEFAULT_FAILURE_INTERVAL, Kind, Value};
 
 /// Big enough for any one-second window of a busy producer; about 16 MiB at the cap.
 const DEFAULT_MAX_SAMPLES: usize = 1_000_000;
@@ -94,9 +96,18 @@ impl MetricsBufferPy {
                 Value::Float(convert::real(how.function, how.amount, amount)?)
             }
         };
-        let tags = convert::tags(how.function, "tags", tags)?;
-        let add = Add::new(how.kind, &name, &tags, amount);
-        self.shared.record_at(py, &[add], clock::now(py)?)
+        // No tags (arroyo's own calls) take no conversion at all.
+        let converted;
+        let tags: &[(OwnedText, OwnedText)] = match tags.filter(|t| !t.is_none()) {
+            None => &[],
+            Some(tags) => {
+                converted = convert::tags(how.function, "tags", Some(tags))?;
+                &converted
+            }
+        };
+        let add = Add::new(how.kind, &name, tags, amount);
+        let now = clock::now(py, self.shared.coarse_clock)?;
+        self.shared.record_at(py, &[add], now)
     }
 }
 
@@ -193,12 +204,18 @@ impl MetricsBufferPy {
             Some(m) => m,
             None => arroyo_metrics(py)?,
         };
-        let core = Buffer::new(frequency, max_samples, clock::now(py)?)
+        let core = Core::with_lock(frequency, max_samples, clock::now(py, false)?)
             .with_failure_interval(failure_interval);
         let backend = Backend::new(metrics.unbind(), keyword_args);
-        let shared = Arc::new(Shared { core, backend });
+        let shared = Arc::new(Shared::new(core, backend));
         exit::register(&shared);
         Ok(MetricsBufferPy { shared })
+    }
+
+    /// No-op twins of the recording methods, for `bench`'s floor (see `floor`).
+    #[staticmethod]
+    fn _floor() -> FloorPy {
+        FloorPy
     }
 
     /// `None` only once the garbage collector cleared it (in a cycle being collected).

@@ -137,7 +137,8 @@ impl DeliveryCallbackPy {
         let buffer = &self.buffer.get().shared;
         let counter = status.add(Value::Int(1));
         let Some(latency) = &self.latency else {
-            return buffer.record_at(py, &[counter], clock::now(py)?);
+            let now = clock::now(py, buffer.coarse_clock)?;
+            return buffer.record_at(py, &[counter], now);
         };
         let Some(produced) = time_of_produce else {
             return Err(PyTypeError::new_err(
@@ -145,7 +146,8 @@ impl DeliveryCallbackPy {
             ));
         };
         let produced = convert::seconds("DeliveryCallback.report", "time_of_produce", produced)?;
-        let now = clock::now(py)?;
+        // The latency sample needs the clock `time.time()` reads, not a coarse one.
+        let now = clock::now(py, false)?;
         let sample = latency.add(Value::Float(now - produced));
         buffer.record_at(py, &[counter, sample], now)
     }

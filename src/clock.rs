@@ -89,27 +89,47 @@ mod watch {
         }
     }
 
-    pub(super) fn in_place() -> bool {
+    pub(super) fn in_place(_namespace: &Bound<'_, PyDict>) -> bool {
         IN_PLACE.load(Ordering::SeqCst)
     }
+
+    /// The watcher knows already.
+    pub(super) fn seen_in_place(_namespace: &Bound<'_, PyDict>) {}
 }
 
-/// Before 3.12 there are no dict watchers: `now()` looks `time.time` up on every call.
+/// Before 3.12 there are no dict watchers, but every dict has a version tag that every change
+/// to it changes: `time.time` is looked up again only when the namespace's tag moved since it was
+/// last seen to be the builtin.
 #[cfg(not(Py_3_12))]
 mod watch {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use pyo3::prelude::*;
     use pyo3::types::{PyCFunction, PyDict};
 
-    pub(super) fn start(_namespace: &Bound<'_, PyDict>, _builtin: &Bound<'_, PyCFunction>) {}
+    use crate::ffi;
 
-    pub(super) fn in_place() -> bool {
-        false
+    /// The namespace's tag when `time` was last seen to be the builtin (0: never; tags start at 1).
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+
+    pub(super) fn start(namespace: &Bound<'_, PyDict>, _builtin: &Bound<'_, PyCFunction>) {
+        seen_in_place(namespace);
+    }
+
+    pub(super) fn in_place(namespace: &Bound<'_, PyDict>) -> bool {
+        ffi::dict_version(namespace) == SEEN.load(Ordering::Relaxed)
+    }
+
+    /// `time` was just looked up and found to be the builtin.
+    pub(super) fn seen_in_place(namespace: &Bound<'_, PyDict>) {
+        SEEN.store(ffi::dict_version(namespace), Ordering::Relaxed);
     }
 }
 
-/// CLOCK_REALTIME in seconds, converted exactly as CPython's `_PyTime_AsSecondsDouble` does.
-fn realtime() -> Option<f64> {
-    let (secs, nanos) = ffi::realtime()?;
+/// CLOCK_REALTIME (or its coarse variant, see [`ffi::realtime`]) in seconds, converted exactly as
+/// CPython's `_PyTime_AsSecondsDouble` does.
+fn realtime(coarse: bool) -> Option<f64> {
+    let (secs, nanos) = ffi::realtime(coarse)?;
     Some(if nanos == 0 {
         secs as f64
     } else {
@@ -117,29 +137,39 @@ fn realtime() -> Option<f64> {
     })
 }
 
+/// The throttles that may read the coarse clock: those of at least this many seconds, for which
+/// a flush a timer tick (a few milliseconds) late is the same flush.
+pub(crate) const COARSE_FROM: f64 = 0.25;
+
 /// `time.time()` as it is at call time, so that `mock.patch("time.time")`, freezegun and
 /// time-machine set the clock for this buffer as for arroyo's own. While `time.time` is still the
 /// builtin with its own C function, the same clock (CLOCK_REALTIME) is read without the Python
-/// call (see `realtime`). On 3.12+ the name is looked up only while the dict watcher says it is
-/// not the builtin; on 3.11, on every call.
-pub(crate) fn now(py: Python<'_>) -> PyResult<f64> {
+/// call (see `realtime`); with `coarse`, for a reading that only feeds a throttle of at least
+/// [`COARSE_FROM`], its coarse variant. The name is looked up only when the `time` namespace
+/// changed since it was last seen to be the builtin (a dict watcher on 3.12+, the dict's version
+/// tag on 3.11).
+pub(crate) fn now(py: Python<'_>, coarse: bool) -> PyResult<f64> {
     let clock = CLOCK.get(py).expect("clock::init runs at module import");
+    let namespace = clock.namespace.bind(py);
     let looked_up;
     let time = match &clock.builtin {
         // The name is known to be the builtin: only time-machine's swap inside it is left.
-        Some((builtin, _)) if watch::in_place() => builtin.bind(py).as_any(),
+        Some((builtin, _)) if watch::in_place(namespace) => builtin.bind(py).as_any(),
         _ => {
-            looked_up = match clock.namespace.bind(py).get_item(intern!(py, "time"))? {
+            looked_up = match namespace.get_item(intern!(py, "time"))? {
                 Some(time) => time,
                 None => clock.module.bind(py).getattr(intern!(py, "time"))?,
             };
+            if clock.builtin.as_ref().is_some_and(|(b, _)| looked_up.is(b)) {
+                watch::seen_in_place(namespace);
+            }
             &looked_up
         }
     };
     if let Some((builtin, function)) = &clock.builtin {
         let builtin = builtin.bind(py);
         if time.is(builtin) && ffi::c_function(builtin) == *function {
-            if let Some(now) = realtime() {
+            if let Some(now) = realtime(coarse) {
                 return Ok(now);
             }
         }
@@ -147,7 +177,7 @@ pub(crate) fn now(py: Python<'_>) -> PyResult<f64> {
     // A replacement (mock.patch, freezegun) is Python code: not on another thread once the
     // interpreter exits (see `gate`), where the real clock does.
     let Some(_pass) = gate::enter() else {
-        return Ok(realtime().unwrap_or_default());
+        return Ok(realtime(false).unwrap_or_default());
     };
     let now = ffi::call(time, [])?;
     match now.cast::<PyFloat>() {

@@ -9,8 +9,9 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::backend::Backend;
 use crate::convert::{tags_dict, value_object};
+use crate::locked::{Core, CoreEmit};
 use crate::{clock, ffi, gate, report};
-use metrics_buffer::{Buffer, Emission, Emit, Key, Kind};
+use metrics_buffer::{Emission, Key, Kind};
 
 /// How an emit ended short.
 enum Stop {
@@ -28,8 +29,8 @@ enum Stop {
 /// called: the values go back.
 pub(crate) fn emit_all(
     py: Python<'_>,
-    mut emit: Emit<'_>,
-    core: &Buffer,
+    mut emit: CoreEmit<'_>,
+    core: &Core,
     backend: &Backend,
 ) -> PyResult<()> {
     let Some(metrics) = backend.get(py) else {
@@ -52,7 +53,7 @@ pub(crate) fn emit_all(
             Err(Stop::Failed(err)) => Some(err),
         };
         let unsent = emit.unsent();
-        let now = clock::now(py);
+        let now = clock::now(py, false);
         let next = emit.end(now.as_ref().ok().copied());
         let report = core.failure_report(failure.is_some(), Instant::now());
         match failure {

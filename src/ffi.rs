@@ -276,18 +276,39 @@ pub(crate) fn c_function(builtin: &Bound<'_, PyCFunction>) -> usize {
     }
 }
 
-/// CLOCK_REALTIME as (seconds, nanoseconds), read as CPython's `time.time()` reads it.
-pub(crate) fn realtime() -> Option<(i64, i64)> {
+/// CLOCK_REALTIME as (seconds, nanoseconds), read as CPython's `time.time()` reads it; or, when
+/// `coarse` and the system has one, its coarse variant (Linux's CLOCK_REALTIME_COARSE: the time
+/// of the last timer tick, a few milliseconds' resolution, read without the time-stamp counter).
+pub(crate) fn realtime(coarse: bool) -> Option<(i64, i64)> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let clock = if coarse {
+        libc::CLOCK_REALTIME_COARSE
+    } else {
+        libc::CLOCK_REALTIME
+    };
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let clock = {
+        let _ = coarse;
+        libc::CLOCK_REALTIME
+    };
     // SAFETY: `ts` is a valid timespec to write to.
-    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) } != 0 {
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
         return None;
     }
     #[allow(clippy::useless_conversion)] // `time_t` and `c_long` are not i64 on every target
     Some((i64::from(ts.tv_sec), i64::from(ts.tv_nsec)))
+}
+
+/// A dict's version tag (CPython 3.11): changed by every change to that dict, and unique across
+/// dicts, so an unchanged tag means an unchanged dict.
+#[cfg(not(Py_3_12))]
+pub(crate) fn dict_version(dict: &Bound<'_, pyo3::types::PyDict>) -> u64 {
+    // SAFETY: a `PyDict` is a PyDictObject, whose `ma_version_tag` is a plain field on 3.11.
+    unsafe { (*dict.as_ptr().cast::<ffi::PyDictObject>()).ma_version_tag }
 }
 
 /// CPython's dict watchers (3.12+, public API that pyo3-ffi leaves out).
@@ -383,5 +404,40 @@ pub(crate) mod dict_watch {
             }
         }
         true
+    }
+}
+
+/// The lock of a buffer's state under the GIL: none at all. On a CPython with the GIL, every call
+/// into the buffer's core is made with the GIL held, and none gives it up while the state is
+/// locked (the core runs only its own code there: no call into Python, so no eval breaker, and no
+/// `detach`), so the GIL already keeps the state to one thread at a time, and a lock would only add
+/// two atomic operations to every call. A free-threaded CPython gets `std::sync::Mutex` instead
+/// (`locked::StateLock`).
+#[cfg(not(Py_GIL_DISABLED))]
+pub(crate) struct GilCell<T>(std::cell::UnsafeCell<T>);
+
+// SAFETY: the value is only reached through `lock`, with the GIL held (see above), so no two
+// threads ever reach it at once; it is sent between threads as a `T` is.
+#[cfg(not(Py_GIL_DISABLED))]
+unsafe impl<T: Send> Sync for GilCell<T> {}
+
+#[cfg(not(Py_GIL_DISABLED))]
+impl<T: Send> metrics_buffer::Lock<T> for GilCell<T> {
+    type Guard<'a>
+        = &'a mut T
+    where
+        T: 'a;
+
+    fn new(value: T) -> Self {
+        GilCell(std::cell::UnsafeCell::new(value))
+    }
+
+    fn lock(&self) -> &mut T {
+        // SAFETY: PyGILState_Check only reads this thread's state.
+        debug_assert!(unsafe { ffi::PyGILState_Check() } == 1, "the GIL is held");
+        // SAFETY: this thread holds the GIL, which no other thread can take before this borrow
+        // ends (the core neither calls Python nor gives the GIL up while locked, and never locks
+        // twice at once), so this is the only reference to the value.
+        unsafe { &mut *self.0.get() }
     }
 }

@@ -114,11 +114,12 @@ pub(crate) fn python<T>(call: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
     }
 }
 
-/// A method's result, `Ok(())` if [`python`] refused a call in it.
+/// A method's result, `Ok(())` if [`python`] refused a call in it. A refusal always ends the
+/// method with an error (the marker, or an error made with it), so only an error is checked.
+#[inline]
 pub(crate) fn finish(result: PyResult<()>) -> PyResult<()> {
-    let refused = REFUSED.with(|refused| refused.replace(false));
     match result {
-        Err(_) if refused => Ok(()),
+        Err(_) if REFUSED.with(|refused| refused.replace(false)) => Ok(()),
         other => other,
     }
 }

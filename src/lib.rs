@@ -9,7 +9,9 @@ mod emit;
 mod errors;
 mod exit;
 mod ffi;
+mod floor;
 mod gate;
+mod locked;
 mod report;
 mod shared;
 

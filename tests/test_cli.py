@@ -124,9 +124,13 @@ def test_check_fails_when_the_start_up_module_does_not_import() -> None:
     assert "imported no_such_module_here: ModuleNotFoundError" in done.stdout
 
 
+#: The smallest bench that still runs every figure.
+SMALL_BENCH = ["--rounds", "1", "--calls", "2000", "--messages", "2000", "--consume", "500"]
+
+
 @needs_kafka
 def test_bench_json() -> None:
-    done = cli("bench", "--rounds", "1", "--calls", "2000", "--messages", "2000", "--json")
+    done = cli("bench", *SMALL_BENCH, "--memory-rounds", "1", "--memory-seconds", "0.5", "--json")
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)["figures"]
     assert [f["figure"] for f in figures] == [
@@ -134,10 +138,18 @@ def test_bench_json() -> None:
         "MetricsBuffer.incr_timing",
         "ConfluentProducer delivery callback",
         "produce + deliver on the mock cluster",
+        "consumer on the mock cluster, msg/s",
+        "consumer on the mock cluster, CPU per message",
+        "memory of one window: 1,000,000 samples, 10,000 counters",
+        "peak memory producing at full speed for 0.5 s",
     ]
     assert all(
         f["stock"] > 0 and f["patched"] > 0 and f["ratio"] == f["patched"] / f["stock"] for f in figures
     )
+    # Each recording call has its floor, measured in the same rounds; the others have none.
+    assert [f["floor"] is not None for f in figures] == [True] * 3 + [False] * 5
+    assert all(f["floor_ratio"] == f["patched"] / f["floor"] for f in figures[:3])
+    assert [sorted(f["targets"]) for f in figures] == [["floor", "stock"]] * 3 + [["stock"]] * 3 + [[]] * 2
 
 
 @needs_kafka
@@ -167,6 +179,25 @@ def test_bench_rounds_alternate_abba_with_the_patch_installed_only_for_patched_r
         * 2
     )
     assert not installed()
+
+
+@needs_kafka
+@pytest.mark.usefixtures("uninstalled")
+def test_bench_runs_the_floor_once_a_round_first_then_last_uninstalled_or_not() -> None:
+    from arroyo_metrics_buffer.cli.bench import alternate
+
+    runs: list[str] = []
+
+    def side(name: str, value: float) -> Callable[[], float]:
+        def run() -> float:
+            runs.append(name)
+            return value
+
+        return run
+
+    assert alternate(side("stock", 3.0), side("patched", 2.0), 2, floor=side("floor", 1.0)) == (3.0, 2.0, 1.0)
+    warm_up = ["stock", "patched", "floor"]
+    assert runs == [*warm_up, "floor", "stock", "patched", "patched", "stock", "floor"]
 
 
 @needs_kafka
@@ -293,7 +324,7 @@ def test_check_shows_no_local_path_and_bench_no_librdkafka_noise() -> None:
     assert (
         json.loads(cli("check", "--json").stdout)["native_module"] == arroyo_metrics_buffer._native.__file__
     )
-    bench = cli("bench", "--rounds", "1", "--calls", "2000", "--messages", "2000")
+    bench = cli("bench", *SMALL_BENCH, "--memory-rounds", "0")
     assert bench.returncode == 0, bench.stderr
     [versions, rounds] = bench.stderr.splitlines()
     assert versions.startswith("arroyo ") and rounds.startswith(
@@ -305,8 +336,12 @@ def test_check_shows_no_local_path_and_bench_no_librdkafka_noise() -> None:
         "stock",
         "arroyo",
         "patched",
-        "ratio",
-        "target",
+        "floor",
+        "vs",
+        "stock",
+        "vs",
+        "floor",
+        "targets",
     ]
 
 

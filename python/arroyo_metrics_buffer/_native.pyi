@@ -70,6 +70,11 @@ class MetricsBuffer:
         counted in ``dropped_samples``; while the backend keeps failing, at most one summary is
         logged per ``failure_log_interval`` seconds (default 60, non-negative)."""
 
+    @staticmethod
+    def _floor() -> Any:
+        """For ``bench`` only: an object whose ``incr_counter``, ``incr_timing`` and ``report`` have
+        the recording methods' signatures and do nothing (each figure's floor)."""
+
     @property
     def metrics(self) -> Any:
         """The backend flushes call (``None`` only once the garbage collector cleared it, in a

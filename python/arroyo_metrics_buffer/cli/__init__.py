@@ -71,6 +71,21 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=positive, default=9, help="alternating rounds per figure (default 9)")
     bench.add_argument("--calls", type=positive, default=200_000, help="calls per round (default 200,000)")
     bench.add_argument("--messages", type=positive, default=200_000, help="messages per end-to-end round")
+    bench.add_argument(
+        "--consume", type=positive, default=50_000, help="messages per consumer round (default 50,000)"
+    )
+    bench.add_argument(
+        "--memory-rounds",
+        type=int,
+        default=3,
+        help="fresh interpreters per side for the window's memory (default 3; 0: no memory figures)",
+    )
+    bench.add_argument(
+        "--memory-seconds",
+        type=float,
+        default=60.0,
+        help="seconds of full-speed producing for the peak memory figure (default 60)",
+    )
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
@@ -88,7 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return check(args.imports, args.json)
         from .bench import bench
 
-        return bench(args.rounds, args.calls, args.messages, args.json)
+        return bench(
+            args.rounds,
+            args.calls,
+            args.messages,
+            args.consume,
+            args.memory_rounds,
+            args.memory_seconds,
+            args.json,
+        )
     except ImportError as e:
         print(f"error: {e} ({NEEDS_KAFKA})", file=sys.stderr)
         return 2

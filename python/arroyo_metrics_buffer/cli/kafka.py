@@ -42,6 +42,40 @@ class MockCluster:
         self.bootstrap_servers = found[0]
 
 
+class MockClusterProcess:
+    """A [`MockCluster`] in a process of its own, so that what its brokers spend is not counted in
+    this process's CPU time; it lives until `close()`."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        code = (
+            "import sys\n"
+            "from arroyo_metrics_buffer.cli.kafka import MockCluster\n"
+            "cluster = MockCluster()\n"
+            "print(cluster.bootstrap_servers, flush=True)\n"
+            "sys.stdin.read()\n"
+        )
+        self._child = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self._child.stdout is not None
+        self.bootstrap_servers = self._child.stdout.readline().strip()
+        if not self.bootstrap_servers:
+            self.close()
+            raise RuntimeError("the mock cluster's process did not report its address")
+
+    def close(self) -> None:
+        if self._child.stdin is not None:
+            self._child.stdin.close()
+        try:
+            self._child.wait(timeout=10)
+        except Exception:
+            self._child.kill()
+            self._child.wait()
+
+
 def check_reachable(bootstrap_servers: str, timeout: float = 5.0) -> str | None:
     """None if a Kafka cluster answers at `bootstrap_servers`, else why not."""
     from confluent_kafka import KafkaException
