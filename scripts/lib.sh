@@ -52,9 +52,24 @@ python_for() {
     python=$("$PYTHON_LOCATOR" "$version") \
       || die "no CPython $version: $PYTHON_LOCATOR $version failed (its message is above)"
   fi
-  "$python" -c "import sys; assert sys.version_info[:2] == tuple(map(int, '$version'.split('.')))" \
-    || die "$python is not CPython $version"
+  is_cpython "$python" "$version" || die "$python is not CPython $version"
   echo "$python"
+}
+
+# is_cpython PYTHON VERSION: PYTHON is that CPython; a trailing t (3.14t) is its free-threaded
+# build, and without one, the build with the GIL.
+is_cpython() {
+  "$1" -c "import sys, sysconfig
+want = '$2'
+free = want.endswith('t')
+sys.exit(sys.version_info[:2] != tuple(map(int, want.rstrip('t').split('.')))
+         or bool(sysconfig.get_config_var('Py_GIL_DISABLED')) != free)" 2>/dev/null
+}
+
+# wheel_tags VERSION -> the python and ABI tags of that CPython's wheels (cp314-cp314, cp314-cp314t).
+wheel_tags() {
+  local digits=${1//./}
+  echo "cp${digits%t}-cp$digits"
 }
 
 # is_no_kafka VERSION: true for the CPythons without confluent-kafka (and so without arroyo).
@@ -99,20 +114,20 @@ test_venv() {
 # in dist/wheels, linked with zig against glibc 2.17 whatever this machine's glibc is. One cargo
 # target directory per CPython and arch, so rebuilding one does not invalidate the others.
 build_wheel() {
-  local version=$1 arch=${2:-$ARCH} tools interpreter tag
+  local version=$1 arch=${2:-$ARCH} tools interpreter tags
   tools=$(tools_venv)
-  tag=cp${version/./}
+  tags=$(wheel_tags "$version")
   # A cross build takes maturin's bundled sysconfig for that CPython: it gets a name, not a path.
   if [ "$arch" = "$ARCH" ]; then interpreter=$(python_for "$version"); else interpreter=python$version; fi
   if ! grep -qx "$arch-unknown-linux-gnu" <<<"$(rustup target list --installed)"; then
     rustup target add "$arch-unknown-linux-gnu" >&2
   fi
   say "building the wheel for CPython $version on $arch (release, manylinux2014, zig)"
-  rm -f "$ROOT"/dist/wheels/arroyo_metrics_buffer-*-"$tag"-"$tag"-*_"$arch".whl
-  (cd "$ROOT" && PATH="$tools/bin:$PATH" CARGO_TARGET_DIR="$ROOT/target/wheels/$arch-$tag" \
+  rm -f "$ROOT"/dist/wheels/arroyo_metrics_buffer-*-"$tags"-*_"$arch".whl
+  (cd "$ROOT" && PATH="$tools/bin:$PATH" CARGO_TARGET_DIR="$ROOT/target/wheels/$arch-${tags#*-}" \
     maturin build --release --quiet --zig --compatibility manylinux2014 \
     --target "$arch-unknown-linux-gnu" -i "$interpreter" -o dist/wheels >&2)
-  ls "$ROOT"/dist/wheels/arroyo_metrics_buffer-*-"$tag"-"$tag"-*_"$arch".whl
+  ls "$ROOT"/dist/wheels/arroyo_metrics_buffer-*-"$tags"-*_"$arch".whl
 }
 
 # check_wheel WHEEL ARCH: auditwheel agrees that it is a manylinux_2_17 wheel for ARCH.

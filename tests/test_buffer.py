@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import subprocess
 import sys
+import sysconfig
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -451,6 +454,69 @@ def test_threads_with_a_flush_on_every_call_get_exact_totals(fast_switching: Non
     assert samples == list(range(THREADS * ROUNDS))
     assert buf.flushes > 1
     assert buf.pending() == []
+
+
+def test_sixteen_threads_at_once_get_exact_totals() -> None:
+    """No switch-interval trick: on a free-threaded CPython the 16 threads run at once, and with the
+    GIL they interleave at the default interval. Every kind of call, delivery reports included,
+    each one able to win the flush (frequency 0), against explicit flushes from two threads."""
+    backend = Recorder()
+    buf = MetricsBuffer(backend, frequency_sec=0)
+    callback = buf.delivery_callback("status", {"s": "ok"}, {"s": "error"}, "latency")
+    errors: list[BaseException] = []
+    start = threading.Barrier(THREADS + 2)
+    stop = threading.Event()
+
+    def work(t: int) -> None:
+        try:
+            start.wait()
+            for i in range(ROUNDS):
+                buf.incr_counter("c", 1, {"t": str(t % 4)})
+                buf.incr_timing("t", 0.25)
+                buf.record_timing("s", t * ROUNDS + i)
+                callback(None if i % 4 else "failed", None, 0.0)
+        except BaseException as e:
+            errors.append(e)
+
+    def flusher() -> None:
+        start.wait()
+        while not stop.is_set():
+            buf.flush()
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
+    flushers = [threading.Thread(target=flusher) for _ in range(2)]
+    for th in workers + flushers:
+        th.start()
+    for th in workers:
+        th.join()
+    stop.set()
+    for th in flushers:
+        th.join()
+    buf.flush()
+    assert errors == []
+    assert backend.max_in_flight == 1
+    totals = backend.totals()
+    for group in "0123":
+        assert totals[("increment", "c", (("t", group),))] == ROUNDS * THREADS // 4
+    assert totals[("timing", "t", ())] == 0.25 * ROUNDS * THREADS
+    assert totals[("increment", "status", (("s", "ok"),))] == ROUNDS * THREADS * 3 // 4
+    assert totals[("increment", "status", (("s", "error"),))] == ROUNDS * THREADS // 4
+    assert sum(1 for m, n, _, _ in backend.calls if n == "latency") == ROUNDS * THREADS
+    samples = sorted(v for m, n, v, _ in backend.calls if n == "s")
+    assert samples == list(range(THREADS * ROUNDS))
+    assert buf.pending() == []
+
+
+@pytest.mark.skipif(not sysconfig.get_config_var("Py_GIL_DISABLED"), reason="a free-threaded CPython only")
+def test_importing_the_module_leaves_a_free_threaded_cpython_without_the_gil() -> None:
+    """The module declares that it runs without the GIL: CPython would otherwise turn the GIL on
+    (and warn) when it is imported."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON_GIL"}
+    code = "import sys, arroyo_metrics_buffer; print(sys._is_gil_enabled())"
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (out.returncode, out.stdout, out.stderr) == (0, "False\n", "")
 
 
 def test_threads_with_a_backend_failing_every_third_call(fast_switching: None) -> None:
