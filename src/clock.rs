@@ -126,11 +126,15 @@ mod watch {
     }
 }
 
-/// CLOCK_REALTIME (or its coarse variant, see [`ffi::realtime`]) in seconds, converted exactly as
-/// CPython's `_PyTime_AsSecondsDouble` does.
+/// CLOCK_REALTIME in seconds, converted exactly as CPython's `_PyTime_AsSecondsDouble` does; or,
+/// with `coarse`, its coarse variant (see [`ffi::realtime`]), for a throttle only, where a
+/// multiplication does instead of the division's exact rounding.
+#[inline]
 fn realtime(coarse: bool) -> Option<f64> {
     let (secs, nanos) = ffi::realtime(coarse)?;
-    Some(if nanos == 0 {
+    Some(if coarse {
+        secs as f64 + nanos as f64 * 1e-9
+    } else if nanos == 0 {
         secs as f64
     } else {
         (secs * 1_000_000_000 + nanos) as f64 / 1e9
@@ -148,29 +152,40 @@ pub(crate) const COARSE_FROM: f64 = 0.25;
 /// [`COARSE_FROM`], its coarse variant. The name is looked up only when the `time` namespace
 /// changed since it was last seen to be the builtin (a dict watcher on 3.12+, the dict's version
 /// tag on 3.11).
+#[inline(always)]
 pub(crate) fn now(py: Python<'_>, coarse: bool) -> PyResult<f64> {
     let clock = CLOCK.get(py).expect("clock::init runs at module import");
-    let namespace = clock.namespace.bind(py);
-    let looked_up;
-    let time = match &clock.builtin {
-        // The name is known to be the builtin: only time-machine's swap inside it is left.
-        Some((builtin, _)) if watch::in_place(namespace) => builtin.bind(py).as_any(),
-        _ => {
-            looked_up = match namespace.get_item(intern!(py, "time"))? {
-                Some(time) => time,
-                None => clock.module.bind(py).getattr(intern!(py, "time"))?,
-            };
-            if clock.builtin.as_ref().is_some_and(|(b, _)| looked_up.is(b)) {
-                watch::seen_in_place(namespace);
+    // The name is known to be the builtin: only time-machine's swap inside it is left. (Inlined,
+    // with the rest out of line: the usual reading stays in registers.)
+    if let Some((builtin, function)) = &clock.builtin {
+        if watch::in_place(clock.namespace.bind(py))
+            && ffi::c_function(builtin.bind(py)) == *function
+        {
+            if let Some(now) = realtime(coarse) {
+                return Ok(now);
             }
-            &looked_up
         }
+    }
+    looked_up(py, clock, coarse)
+}
+
+/// [`now`] when `time.time` must be looked up, and called if it is not the builtin.
+#[cold]
+#[inline(never)]
+fn looked_up(py: Python<'_>, clock: &Clock, coarse: bool) -> PyResult<f64> {
+    let namespace = clock.namespace.bind(py);
+    let time = match namespace.get_item(intern!(py, "time"))? {
+        Some(time) => time,
+        None => clock.module.bind(py).getattr(intern!(py, "time"))?,
     };
     if let Some((builtin, function)) = &clock.builtin {
         let builtin = builtin.bind(py);
-        if time.is(builtin) && ffi::c_function(builtin) == *function {
-            if let Some(now) = realtime(coarse) {
-                return Ok(now);
+        if time.is(builtin) {
+            watch::seen_in_place(namespace);
+            if ffi::c_function(builtin) == *function {
+                if let Some(now) = realtime(coarse) {
+                    return Ok(now);
+                }
             }
         }
     }
@@ -179,7 +194,7 @@ pub(crate) fn now(py: Python<'_>, coarse: bool) -> PyResult<f64> {
     let Some(_pass) = gate::enter() else {
         return Ok(realtime(false).unwrap_or_default());
     };
-    let now = ffi::call(time, [])?;
+    let now = ffi::call(&time, [])?;
     match now.cast::<PyFloat>() {
         Ok(now) => Ok(now.value()),
         Err(_) => ffi::float_of(&now),

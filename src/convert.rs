@@ -106,7 +106,9 @@ fn encoded(s: &Bound<'_, PyString>) -> PyResult<PyBackedBytes> {
     gate::python(|| ffi::surrogatepass_bytes(s).map(PyBackedBytes::from))
 }
 
-/// A `str`.
+/// A `str`. (This and the other converters of the recording calls are inlined: a result returned
+/// through memory is stored in parts and read back whole, which stalls.)
+#[inline(always)]
 pub(crate) fn name<'a>(
     function: &'static str,
     arg: &'static str,
@@ -129,21 +131,25 @@ fn owned_text(s: &Bound<'_, PyString>) -> PyResult<OwnedText> {
 }
 
 /// An `int` that fits an i64.
+#[inline(always)]
 pub(crate) fn int(
     function: &'static str,
     arg: &'static str,
     obj: &Bound<'_, PyAny>,
 ) -> PyResult<i64> {
-    if !obj.is_instance_of::<PyInt>() {
+    let Ok(int) = obj.cast::<PyInt>() else {
         return Err(type_error(function, arg, "int", obj));
-    }
-    obj.extract::<i64>().map_err(|_| {
-        let shown = gate::python(|| Ok(repr_of(obj))).unwrap_or_default();
-        Error::Overflow(format!(
-            "{function}() argument '{arg}' does not fit a 64-bit signed integer: {shown}"
-        ))
-        .into()
-    })
+    };
+    ffi::int_value(int).ok_or_else(|| too_big(function, arg, obj))
+}
+
+#[cold]
+fn too_big(function: &'static str, arg: &'static str, obj: &Bound<'_, PyAny>) -> PyErr {
+    let shown = gate::python(|| Ok(repr_of(obj))).unwrap_or_default();
+    Error::Overflow(format!(
+        "{function}() argument '{arg}' does not fit a 64-bit signed integer: {shown}"
+    ))
+    .into()
 }
 
 /// Looks up what [`Callables`] holds (at module import).
@@ -160,6 +166,7 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
 }
 
 /// A float, an int, or any other `numbers.Real`.
+#[inline(always)]
 pub(crate) fn real(
     function: &'static str,
     arg: &'static str,

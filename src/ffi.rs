@@ -265,8 +265,20 @@ pub(crate) fn surrogatepass_bytes<'py>(
     }
 }
 
+/// An `int`'s value, `None` if it does not fit an i64.
+#[inline]
+pub(crate) fn int_value(int: &Bound<'_, pyo3::types::PyInt>) -> Option<i64> {
+    let mut overflow = 0;
+    // SAFETY: `int` is a live `int` (or subclass) object, for which PyLong_AsLongLongAndOverflow
+    // reads the value without calling `__index__`, and sets no error: it reports a value beyond
+    // the range in `overflow` only.
+    let value = unsafe { ffi::PyLong_AsLongLongAndOverflow(int.as_ptr(), &mut overflow) };
+    (overflow == 0).then_some(value)
+}
+
 /// The address of the C function behind a builtin function object. time-machine swaps this
 /// pointer inside the `time.time` builtin itself instead of replacing the object.
+#[inline]
 pub(crate) fn c_function(builtin: &Bound<'_, PyCFunction>) -> usize {
     // SAFETY: a `PyCFunction` instance is a PyCFunctionObject, whose method table pointer is set
     // at creation and outlives it; only the function pointer's address is read.
@@ -279,6 +291,7 @@ pub(crate) fn c_function(builtin: &Bound<'_, PyCFunction>) -> usize {
 /// CLOCK_REALTIME as (seconds, nanoseconds), read as CPython's `time.time()` reads it; or, when
 /// `coarse` and the system has one, its coarse variant (Linux's CLOCK_REALTIME_COARSE: the time
 /// of the last timer tick, a few milliseconds' resolution, read without the time-stamp counter).
+#[inline]
 pub(crate) fn realtime(coarse: bool) -> Option<(i64, i64)> {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -306,6 +319,7 @@ pub(crate) fn realtime(coarse: bool) -> Option<(i64, i64)> {
 /// A dict's version tag (CPython 3.11): changed by every change to that dict, and unique across
 /// dicts, so an unchanged tag means an unchanged dict.
 #[cfg(not(Py_3_12))]
+#[inline]
 pub(crate) fn dict_version(dict: &Bound<'_, pyo3::types::PyDict>) -> u64 {
     // SAFETY: a `PyDict` is a PyDictObject, whose `ma_version_tag` is a plain field on 3.11.
     unsafe { (*dict.as_ptr().cast::<ffi::PyDictObject>()).ma_version_tag }

@@ -1,11 +1,12 @@
 //! One flush window: values aggregated per key in first-appearance order, samples in arrival order.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use hashbrown::HashTable;
 
 use super::CoreError;
-use super::key::{Key, KeyHasher, Kind, Value, same_tags};
+use super::key::{Key, KeyHasher, Kind, Value, same_bytes, same_tags};
 
 /// One change to make to a window: add `amount` under (`kind`, `name`, `tags`).
 pub struct Add<'a, S> {
@@ -37,15 +38,18 @@ impl<'a, S: AsRef<[u8]>> Add<'a, S> {
 }
 
 /// A key used over and over (a delivery callback's), made once by [`crate::Buffer::prepare`]:
-/// hashed in advance, and found again by identity. An entry made from it shares its `Arc`, so a
-/// hint that leads to an entry holding this very `Arc` has found the key without comparing its
-/// name and tags. (The entry's reference keeps the allocation alive, so no other key can come to
-/// have the same address meanwhile.)
+/// hashed in advance, and found again by identity. An entry made from it shares its `Arc`, so an
+/// entry that holds this very `Arc` (and is not sealed) is this key's, found without comparing its
+/// name and tags. The key remembers the index of its entry in the last window it was added to
+/// (`last`): a window's entries never move, so in that window the index finds it at once, and in
+/// any other the identity check fails and the key is looked up as any other.
 #[derive(Debug)]
 pub struct Prepared {
     pub kind: Kind,
     pub key: Arc<Key>,
     pub(super) hash: u64,
+    /// Only a hint, written and read by any thread: every use checks it (see above).
+    last: AtomicU32,
 }
 
 impl Prepared {
@@ -59,6 +63,7 @@ impl Prepared {
             kind,
             key: Arc::new(Key::new(name, tags)),
             hash: hasher.hash(kind, name, tags),
+            last: AtomicU32::new(u32::MAX),
         }
     }
 
@@ -83,6 +88,8 @@ pub struct Entry {
     pub sum: Value,
     pub count: u64,
     hash: u64,
+    /// Taken out of the lookups (see `Window::seal`): a later value of its key goes elsewhere.
+    sealed: bool,
 }
 
 /// One backend call that a window makes when it is emitted.
@@ -106,13 +113,14 @@ pub struct Window {
     samples: Vec<(u32, f64)>,
     /// Untagged names by the address of their bytes: callers pass the same (interned) string
     /// objects over and over, so this skips hashing. Only a hint: a hit is checked byte by byte.
-    /// Prepared keys by the address of their `Arc`: a hit is checked by identity.
+    /// (Prepared keys remember their entry themselves, see [`Prepared`].)
     /// (What the hints save is measured in the project's docs/performance.md.)
     /// (Boxed: a window is returned by value, and should stay small to move.)
     hints: Box<[(usize, u32); HINTS]>,
 }
 
-const HINTS: usize = 16;
+/// A power of two: a StreamProcessor's buffer has about a dozen untagged names.
+const HINTS: usize = 32;
 
 impl Window {
     pub(super) fn new(hasher: KeyHasher) -> Self {
@@ -137,34 +145,53 @@ impl Window {
         self.samples.len()
     }
 
-    fn hint_slot(address: usize, kind: Kind) -> usize {
-        ((address >> 4) ^ kind as usize) % HINTS
+    /// The pair of hint slots an untagged name's bytes may be remembered in (two, so that two
+    /// names whose addresses share a slot still both hit).
+    fn hint_slots(address: usize, kind: Kind) -> [usize; 2] {
+        // Fibonacci hashing: the top bits of the product depend on every bit of the address.
+        let mixed = (address as u64 ^ kind as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let first = (mixed >> (64 - HINTS.trailing_zeros())) as usize;
+        [first, first ^ 1]
     }
 
     /// The entry an untagged name or a prepared key was last found at, if it still matches.
+    #[inline(always)]
     fn hinted<S: AsRef<[u8]>>(&self, add: &Add<'_, S>) -> Option<u32> {
-        let address = Self::hint_address(add)?;
-        let (hinted, at) = self.hints[Self::hint_slot(address, add.kind)];
-        let e = self.entries.get(at as usize)?;
-        let same = match add.prepared {
-            Some(p) => Arc::ptr_eq(&e.key, &p.key),
-            None => e.key.tags.is_empty() && *e.key.name == *add.name,
-        };
-        (hinted == address && e.kind == add.kind && same).then_some(at)
+        if let Some(p) = add.prepared {
+            let at = p.last.load(Ordering::Relaxed);
+            let e = self.entries.get(at as usize)?;
+            return (Arc::ptr_eq(&e.key, &p.key) && e.kind == p.kind && !e.sealed).then_some(at);
+        }
+        let address = Self::name_address(add)?;
+        Self::hint_slots(address, add.kind)
+            .into_iter()
+            .find_map(|slot| {
+                let (hinted, at) = self.hints[slot];
+                let e = self.entries.get(at as usize)?;
+                let same = e.key.tags.is_empty() && same_bytes(&e.key.name, add.name);
+                (hinted == address && e.kind == add.kind && same).then_some(at)
+            })
     }
 
-    /// What a hint is kept by: the address of a prepared key's `Arc` or of an untagged name's
-    /// bytes; tagged keys made on each call have none.
-    fn hint_address<S: AsRef<[u8]>>(add: &Add<'_, S>) -> Option<usize> {
-        match add.prepared {
-            Some(p) => Some(Arc::as_ptr(&p.key) as usize),
-            None => add.tags.is_empty().then_some(add.name.as_ptr() as usize),
-        }
+    /// What an untagged name's hint is kept by: the address of its bytes. Tagged keys made on
+    /// each call have none.
+    fn name_address<S: AsRef<[u8]>>(add: &Add<'_, S>) -> Option<usize> {
+        add.tags.is_empty().then_some(add.name.as_ptr() as usize)
     }
 
     fn remember<S: AsRef<[u8]>>(&mut self, add: &Add<'_, S>, at: u32) {
-        if let Some(address) = Self::hint_address(add) {
-            self.hints[Self::hint_slot(address, add.kind)] = (address, at);
+        if let Some(p) = add.prepared {
+            p.last.store(at, Ordering::Relaxed);
+        } else if let Some(address) = Self::name_address(add) {
+            let [first, second] = Self::hint_slots(address, add.kind);
+            // The first slot unless the second already holds this name or is free.
+            let free = |slot: usize| matches!(self.hints[slot], (a, _) if a == address || a == 0);
+            let slot = if !free(first) && free(second) {
+                second
+            } else {
+                first
+            };
+            self.hints[slot] = (address, at);
         }
     }
 
@@ -195,10 +222,12 @@ impl Window {
             sum: zero,
             count: 0,
             hash,
+            sealed: false,
         });
         at
     }
 
+    #[inline(always)]
     fn hash_of<S: AsRef<[u8]>>(&self, add: &Add<'_, S>) -> u64 {
         match add.prepared {
             Some(p) => p.hash,
@@ -206,7 +235,9 @@ impl Window {
         }
     }
 
-    /// The hash of an add's key (0 when a hint found it) and its entry, if there is one.
+    /// The hash of an add's key (0 when a hint found it) and its entry, if there is one. (Inlined:
+    /// a pair returned through memory is stored in parts and read back whole, which stalls.)
+    #[inline(always)]
     fn locate<S: AsRef<[u8]>>(&self, add: &Add<'_, S>) -> (u64, Option<u32>) {
         if let Some(at) = self.hinted(add) {
             return (0, Some(at));
@@ -429,6 +460,7 @@ impl Window {
         for hint in self.hints.iter_mut().filter(|(_, i)| *i == at) {
             *hint = (0, 0); // no name lives at address 0
         }
+        self.entries[at as usize].sealed = true;
         hash
     }
 
