@@ -69,13 +69,25 @@ impl<T> ForkLocal<T> {
     /// The value of this generation. In a forked child the first call makes it with `renew` from
     /// the parent's value, which may be mid-change by a thread that does not exist here: `renew`
     /// must read only what is safe to read then (atomics), never take a lock.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, renew: impl Fn(&T) -> T) -> &T {
         let generation = GENERATION.load(Ordering::Acquire);
+        // SAFETY: a slot is freed only by `Drop`, which has `&mut self`; one replaced after a
+        // fork is leaked, never freed, so `current` stays valid for as long as `&self`.
+        let slot = unsafe { &*self.current.load(Ordering::Acquire) };
+        if slot.generation == generation {
+            return &slot.value;
+        }
+        self.renew(generation, renew)
+    }
+
+    /// [`ForkLocal::get`]'s first call in a new generation.
+    #[cold]
+    #[inline(never)]
+    fn renew(&self, generation: u64, renew: impl Fn(&T) -> T) -> &T {
         loop {
             let current = self.current.load(Ordering::Acquire);
-            // SAFETY: a slot is freed only by `Drop`, which has `&mut self`; one replaced after a
-            // fork is leaked, never freed, so `current` stays valid for as long as `&self`.
+            // SAFETY: as in `get`.
             let slot = unsafe { &*current };
             if slot.generation == generation {
                 return &slot.value;

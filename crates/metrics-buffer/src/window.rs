@@ -290,7 +290,9 @@ impl Window {
                     self.insert(hash, add.kind, key, add.amount.zero())
                 }
             };
-            self.remember(add, at);
+            if hash != 0 {
+                self.remember(add, at); // (0: found by its hint, which stands)
+            }
             self.accumulate(at, add.amount, 1);
             if let (Kind::Sample, Value::Float(v)) = (add.kind, add.amount) {
                 self.samples.push((at, v));
@@ -322,7 +324,9 @@ impl Window {
                 self.insert(hash, add.kind, key, add.amount.zero())
             }
         };
-        self.remember(add, at);
+        if hash != 0 {
+            self.remember(add, at); // (0: found by its hint, which stands; a real 0 costs a hint)
+        }
         self.accumulate(at, add.amount, 1);
         if let (Kind::Sample, Value::Float(v)) = (add.kind, add.amount) {
             self.samples.push((at, v));
