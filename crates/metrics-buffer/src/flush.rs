@@ -183,12 +183,12 @@ impl<L: Lock<State>> Buffer<L> {
             None
         };
         state.flush_requested = false;
+        self.count_dropped(&mut state, dropped);
         drop(state);
         self.flushes.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.flush_errors.fetch_add(1, Ordering::Relaxed);
         }
-        self.count_dropped(dropped);
         next
     }
 }

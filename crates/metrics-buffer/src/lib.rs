@@ -274,14 +274,19 @@ impl<L: Lock<State>> Buffer<L> {
             }),
             _ => None,
         };
+        self.count_dropped(&mut state, dropped);
         drop(state);
-        self.count_dropped(dropped);
         Ok(won)
     }
 
-    fn count_dropped(&self, dropped: u64) {
+    /// Counts dropped samples. Every writer holds the state's lock (`_locked` says so), so a load
+    /// and a store do, without the atomic read-modify-write that each recording call would pay
+    /// once a window is full.
+    fn count_dropped(&self, _locked: &mut State, dropped: u64) {
         if dropped > 0 {
-            self.dropped_samples.fetch_add(dropped, Ordering::Relaxed);
+            let total = self.dropped_samples.load(Ordering::Relaxed);
+            self.dropped_samples
+                .store(total.saturating_add(dropped), Ordering::Relaxed);
         }
     }
 
