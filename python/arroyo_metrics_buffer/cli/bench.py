@@ -137,6 +137,7 @@ def micro(rounds: int, calls: int) -> list[dict[str, Any]]:
         windows are: a round's 200,000 reports take a few milliseconds, and rounds in one window
         would soon hold more latency samples than a second of any real producer (and than the
         patch's cap, beyond which samples are dropped, not kept)."""
+
         def run() -> float:
             flush()
             return per_call_ns(call, args, calls)
