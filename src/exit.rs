@@ -60,8 +60,8 @@ fn live_buffers() -> Vec<Arc<Shared>> {
     live.iter().filter_map(Weak::upgrade).collect()
 }
 
-/// `arroyo_metrics_buffer._exit.emit`, looked up at import.
-static EMIT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// `arroyo_metrics_buffer._exit`, imported at import.
+static EXIT: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
 /// The budget, from the environment (at exit, so that it can be set at any time before), and the
 /// value given if it was not a number of seconds.
@@ -185,6 +185,9 @@ fn close(py: Python<'_>) {
     let (budget, invalid) = budget();
     let start = Instant::now();
     let deadline = start + budget;
+    let exit = EXIT.get(py).expect("exit::init runs at module import").bind(py);
+    // Short GIL turns while the hook runs (see `_exit.quicken`); nothing it raises escapes.
+    let previous = exit.call_method0(intern!(py, "quicken")).ok();
     let settled = py.detach(|| gate::wait_idle(start + budget / 2));
     let (calls, busy) = drain(py);
     let mut outcome = Outcome {
@@ -192,16 +195,14 @@ fn close(py: Python<'_>) {
         busy,
         ..Outcome::default()
     };
-    // The helper's last chunk must be done by the deadline: it stops a little before.
-    let stop_at = deadline - (budget / 10).min(Duration::from_millis(100));
+    // The helper's last chunk, and the hook's last steps (its one log line, the switch interval
+    // put back), must be done by the deadline: it stops a little before.
+    let stop_at = deadline - (budget / 10).min(Duration::from_millis(200));
     let left = stop_at.saturating_duration_since(Instant::now());
     let emitted = Py::new(py, calls).and_then(|calls| {
-        let result = EMIT
-            .get(py)
-            .expect("exit::init runs at module import")
-            .call1(py, (&calls, left.as_secs_f64()));
+        let result = exit.call_method1(intern!(py, "emit"), (&calls, left.as_secs_f64()));
         calls.get().stop();
-        result?.extract::<(usize, usize, usize, Option<String>)>(py)
+        result?.extract::<(usize, usize, usize, Option<String>)>()
     });
     match emitted {
         Ok((started, emitted, raised, first_error)) => {
@@ -212,6 +213,9 @@ fn close(py: Python<'_>) {
     }
     outcome.idle = settled && py.detach(|| gate::wait_idle(deadline));
     report(py, &outcome, budget, invalid.as_deref());
+    if let Some(previous) = previous {
+        let _ = exit.call_method1(intern!(py, "restore"), (previous,));
+    }
 }
 
 /// The one line about the exit, if there is anything to say: a warning if a pending value was
@@ -279,8 +283,7 @@ pub(crate) fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     let _ = registry();
     gate::init();
-    let emit = py.import("arroyo_metrics_buffer._exit")?.getattr("emit")?;
-    let _ = EMIT.set(py, emit.unbind());
+    let _ = EXIT.set(py, py.import("arroyo_metrics_buffer._exit")?.unbind());
     let hook = wrap_pyfunction!(close, m)?;
     py.import("atexit")?.call_method1("register", (hook,))?;
     Ok(())

@@ -337,6 +337,57 @@ def test_exit_while_busy_daemon_threads_flush_into_a_slow_backend() -> None:
         assert "call(s) from other threads after exit began were ignored" in run.exit_line()
 
 
+#: Ten daemon threads record faster than the slow backend takes (tagged counters, timers and
+#: samples, flushing as they go), so that about a million calls are pending when the main thread
+#: returns, and go on calling (refused) while the hook runs: each of them held the GIL for a whole
+#: switch interval before the hook's thread got it back, and the hook overran its 2 s budget by up
+#: to half a second (0.95 s from return to end, in an outside run of 20).
+MANY_BUSY_THREADS_AND_A_MILLION_PENDING = """
+import threading
+import time
+from arroyo_metrics_buffer import MetricsBuffer
+
+class Slow:
+    def work(self):
+        x = 0
+        for i in range(400):
+            x += i * i
+
+    def increment(self, name, value=1, tags=None):
+        self.work()
+
+    def timing(self, name, value, tags=None):
+        self.work()
+
+buf = MetricsBuffer(Slow(), frequency_sec=0.0)
+
+def loop(i):
+    k = 0
+    while True:
+        k += 1
+        buf.incr_counter("c%d" % (k % 7), 1, {"t": str(i)})
+        buf.incr_timing("t%d" % (k % 5), 0.001)
+        buf.record_timing("r", 0.002)
+        if k % 3 == 0:
+            buf.flush()
+
+for i in range(10):
+    threading.Thread(target=loop, args=(i,), daemon=True).start()
+time.sleep(0.3)
+"""
+
+
+@pytest.mark.lifecycle
+@pytest.mark.timeout(900)
+def test_exit_with_ten_busy_threads_and_a_million_calls_pending_keeps_the_budget() -> None:
+    results = run_many(MANY_BUSY_THREADS_AND_A_MILLION_PENDING)  # the default budget
+    assert_all_exited_cleanly(results)
+    for run in results:
+        emitted, pending, dropped = run.exit_counts()
+        assert emitted + dropped == pending, run.exit_line()
+        assert dropped > 0, run.exit_line()  # far more was pending than 2 s could emit
+
+
 #: A daemon thread is inside a backend call that sleeps for a minute, and another buffer holds a
 #: value, when the main thread returns.
 BLOCKED_BACKEND = """
@@ -547,3 +598,24 @@ def test_the_native_module_exposes_only_its_api() -> None:
     assert names == {"DeliveryCallback", "MetricsBuffer", "reset_logging"}
     assert isinstance(_native.__version__, str)
     assert not hasattr(_native, "_after_fork_in_child")
+
+
+def test_the_hook_puts_the_switch_interval_back_for_what_runs_after_it() -> None:
+    """The hook shortens CPython's switch interval while it runs (see `_exit.quicken`), with values
+    pending so that it emits, and what runs after it (an `atexit` handler registered before the
+    import runs after the hook) sees the application's own interval again."""
+    script = """
+import atexit, sys
+sys.setswitchinterval(0.004)
+atexit.register(lambda: print("after the hook", round(sys.getswitchinterval(), 6)))
+from arroyo_metrics_buffer import MetricsBuffer
+
+class Backend:
+    def increment(self, name, value=1, tags=None):
+        print("during the hook", round(sys.getswitchinterval(), 6))
+
+buf = MetricsBuffer(Backend(), frequency_sec=3600)
+buf.incr_counter("c", 1)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "during the hook 0.0002\nafter the hook 0.004\n")
