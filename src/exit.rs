@@ -185,7 +185,10 @@ fn close(py: Python<'_>) {
     let (budget, invalid) = budget();
     let start = Instant::now();
     let deadline = start + budget;
-    let exit = EXIT.get(py).expect("exit::init runs at module import").bind(py);
+    let exit = EXIT
+        .get(py)
+        .expect("exit::init runs at module import")
+        .bind(py);
     // Short GIL turns while the hook runs (see `_exit.quicken`); nothing it raises escapes.
     let previous = exit.call_method0(intern!(py, "quicken")).ok();
     let settled = py.detach(|| gate::wait_idle(start + budget / 2));
