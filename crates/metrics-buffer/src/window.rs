@@ -280,23 +280,8 @@ impl Window {
                 None => (self.hash_of(add), None),
             };
             // An earlier add of this batch may have created it.
-            let at = match at.or_else(|| self.find(hash, add.kind, add.name, add.tags)) {
-                Some(at) => at,
-                None => {
-                    let key = match add.prepared {
-                        Some(p) => Arc::clone(&p.key),
-                        None => Arc::new(Key::new(add.name, add.tags)),
-                    };
-                    self.insert(hash, add.kind, key, add.amount.zero())
-                }
-            };
-            if hash != 0 {
-                self.remember(add, at); // (0: found by its hint, which stands)
-            }
-            self.accumulate(at, add.amount, 1);
-            if let (Kind::Sample, Value::Float(v)) = (add.kind, add.amount) {
-                self.samples.push((at, v));
-            }
+            let at = at.or_else(|| self.find(hash, add.kind, add.name, add.tags));
+            self.add_located(add, hash, at);
         }
         Ok(dropped)
     }
@@ -314,6 +299,14 @@ impl Window {
         if add.kind == Kind::Sample && self.samples.len() >= max_samples {
             return Ok(1);
         }
+        self.add_located(add, hash, at);
+        Ok(0)
+    }
+
+    /// Adds `add` at its entry `at` (made now if `None`), as [`Window::locate`] found it: `hash`
+    /// is 0 when its hint found it, and the hint then stands (a real hash of 0 only costs a hint).
+    #[inline(always)]
+    fn add_located<S: AsRef<[u8]>>(&mut self, add: &Add<'_, S>, hash: u64, at: Option<u32>) {
         let at = match at {
             Some(at) => at,
             None => {
@@ -325,13 +318,12 @@ impl Window {
             }
         };
         if hash != 0 {
-            self.remember(add, at); // (0: found by its hint, which stands; a real 0 costs a hint)
+            self.remember(add, at);
         }
         self.accumulate(at, add.amount, 1);
         if let (Kind::Sample, Value::Float(v)) = (add.kind, add.amount) {
             self.samples.push((at, v));
         }
-        Ok(0)
     }
 
     /// Refuses a counter add whose sum would leave the i64 range, counting the `earlier` adds of
