@@ -10,7 +10,7 @@ import sys
 import sysconfig
 import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from fractions import Fraction
 from typing import Any
 from unittest import mock
@@ -410,9 +410,9 @@ THREADS = 16
 ROUNDS = 400
 
 
-def test_threads_with_a_flush_on_every_call_get_exact_totals(fast_switching: None) -> None:
-    backend = Recorder()
-    buf = MetricsBuffer(backend, frequency_sec=0)
+def race(buf: MetricsBuffer, record: Callable[[int, int], None]) -> list[BaseException]:
+    """THREADS threads each call `record(thread, round)` ROUNDS times, all started at once, against
+    two threads flushing until they are done; then a last flush. Returns what the workers raised."""
     errors: list[BaseException] = []
     start = threading.Barrier(THREADS + 2)
     stop = threading.Event()
@@ -421,9 +421,7 @@ def test_threads_with_a_flush_on_every_call_get_exact_totals(fast_switching: Non
         try:
             start.wait()
             for i in range(ROUNDS):
-                buf.incr_counter(f"c{i % 3}", t + 1)
-                buf.incr_timing("t", 0.5, {"thread": str(t % 2)})
-                buf.record_timing("s", t * ROUNDS + i)
+                record(t, i)
         except BaseException as e:
             errors.append(e)
 
@@ -442,6 +440,19 @@ def test_threads_with_a_flush_on_every_call_get_exact_totals(fast_switching: Non
     for th in flushers:
         th.join()
     buf.flush()
+    return errors
+
+
+def test_threads_with_a_flush_on_every_call_get_exact_totals(fast_switching: None) -> None:
+    backend = Recorder()
+    buf = MetricsBuffer(backend, frequency_sec=0)
+
+    def record(t: int, i: int) -> None:
+        buf.incr_counter(f"c{i % 3}", t + 1)
+        buf.incr_timing("t", 0.5, {"thread": str(t % 2)})
+        buf.record_timing("s", t * ROUNDS + i)
+
+    errors = race(buf, record)
     assert errors == []
     assert backend.max_in_flight == 1
     totals = backend.totals()
@@ -463,36 +474,14 @@ def test_sixteen_threads_at_once_get_exact_totals() -> None:
     backend = Recorder()
     buf = MetricsBuffer(backend, frequency_sec=0)
     callback = buf.delivery_callback("status", {"s": "ok"}, {"s": "error"}, "latency")
-    errors: list[BaseException] = []
-    start = threading.Barrier(THREADS + 2)
-    stop = threading.Event()
 
-    def work(t: int) -> None:
-        try:
-            start.wait()
-            for i in range(ROUNDS):
-                buf.incr_counter("c", 1, {"t": str(t % 4)})
-                buf.incr_timing("t", 0.25)
-                buf.record_timing("s", t * ROUNDS + i)
-                callback(None if i % 4 else "failed", None, 0.0)
-        except BaseException as e:
-            errors.append(e)
+    def record(t: int, i: int) -> None:
+        buf.incr_counter("c", 1, {"t": str(t % 4)})
+        buf.incr_timing("t", 0.25)
+        buf.record_timing("s", t * ROUNDS + i)
+        callback(None if i % 4 else "failed", None, 0.0)
 
-    def flusher() -> None:
-        start.wait()
-        while not stop.is_set():
-            buf.flush()
-
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
-    flushers = [threading.Thread(target=flusher) for _ in range(2)]
-    for th in workers + flushers:
-        th.start()
-    for th in workers:
-        th.join()
-    stop.set()
-    for th in flushers:
-        th.join()
-    buf.flush()
+    errors = race(buf, record)
     assert errors == []
     assert backend.max_in_flight == 1
     totals = backend.totals()
