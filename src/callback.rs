@@ -137,7 +137,7 @@ impl DeliveryCallbackPy {
         let buffer = &self.buffer.get().shared;
         let counter = status.add(Value::Int(1));
         let Some(latency) = &self.latency else {
-            let now = clock::now(py, buffer.coarse_clock)?;
+            let now = clock::now(py, buffer.coarse_clock())?;
             return buffer.record_at(py, &[counter], now);
         };
         let Some(produced) = time_of_produce else {

@@ -12,19 +12,14 @@ use metrics_buffer::{Add, Begin};
 pub(crate) struct Shared {
     pub(crate) core: Core,
     pub(crate) backend: Backend,
-    /// Whether a reading that only feeds the throttle may come from the coarse clock (see
-    /// [`clock::now`]): when the throttle is long enough for a timer tick not to matter.
-    pub(crate) coarse_clock: bool,
 }
 
 impl Shared {
-    pub(crate) fn new(core: Core, backend: Backend) -> Self {
-        let coarse_clock = core.frequency() >= clock::COARSE_FROM;
-        Shared {
-            core,
-            backend,
-            coarse_clock,
-        }
+    /// Whether a reading that only feeds the throttle may come from the coarse clock (see
+    /// [`clock::now`]): when the throttle is long enough for a timer tick not to matter.
+    #[inline]
+    pub(crate) fn coarse_clock(&self) -> bool {
+        self.core.frequency() >= clock::COARSE_FROM
     }
 }
 
