@@ -1,6 +1,7 @@
-//! What a backend failure logs, and what it raises. A backend that is down cannot flood the logs:
-//! the first failure of a run of them is logged with its traceback, then at most one summary per
-//! interval, then one line when the backend works again (the policy is the core's
+//! What a backend failure logs, and what it raises. A backend that is down, or that fails and
+//! works by turns, cannot flood the logs: the first failure is logged with its traceback, then at
+//! most one failure record per interval, and one line when the backend works again after one (the
+//! policy is the core's
 //! [`FailureLog`](metrics_buffer::FailureLog)). Whatever logging itself raises is handled like what
 //! the backend raises, and no error is left pending.
 //!
@@ -40,11 +41,19 @@ pub(crate) fn failed(
                     seconds(interval),
                     traceback(py, &err).trim_end()
                 ),
-                Report::StillFailing { failed, since } => format!(
+                Report::StillFailing {
+                    failed,
+                    since,
+                    recovered,
+                } => format!(
                     "metrics backend still failing: {failed} more failed flush(es) in the last \
-                     {} s; {} metric call(s) waiting, {} sample(s) dropped since the last report; \
-                     the last error: {}",
+                     {} s{}; {} metric call(s) waiting, {} sample(s) dropped since the last \
+                     report; the last error: {}",
                     seconds(since),
+                    match recovered {
+                        0 => String::new(),
+                        n => format!(", and it worked again {n} time(s) in between"),
+                    },
                     report.waiting,
                     report.dropped,
                     describe(py, &err)

@@ -81,24 +81,44 @@ def test_with_no_interval_each_later_failure_is_one_summary_line(records: pytest
     assert buf.flush_errors == 3
 
 
-def test_a_new_run_of_failures_after_a_recovery_is_logged_in_full_again(
+def test_a_backend_that_fails_and_works_by_turns_logs_twice_per_interval(
     records: pytest.LogCaptureFixture,
 ) -> None:
     backend = Switchable()
     buf = MetricsBuffer(backend, frequency_sec=3600)
-    for down in (True, True, False, True, True, False):
+    for turn in range(10_000):
+        backend.down = turn % 2 == 0
+        buf.incr_counter("c", 1)
+        buf.flush()
+    first, second = messages(records)
+    assert first.startswith("metrics backend raised during a flush; 1 metric call(s) kept")
+    assert "Traceback (most recent call last)" in first
+    assert second == (
+        "metrics backend works again after 1 failed flush(es); what was kept has been emitted"
+    )
+    assert buf.flush_errors == 5_000
+    assert sum(v for _, _, v, _ in backend.calls) == 10_000
+    assert len(backend.calls) == 5_000  # each working flush sends what the failed one kept
+
+
+def test_after_the_interval_a_new_failure_is_told_in_full_or_summarised(
+    records: pytest.LogCaptureFixture,
+) -> None:
+    backend = Switchable()
+    buf = MetricsBuffer(backend, frequency_sec=3600, failure_log_interval=0)
+    for down in (True, True, False, True, False, False, True):
         backend.down = down
         buf.incr_counter("c", 1)
         buf.flush()
-    logged = messages(records)
-    assert [m.split(";")[0].split(" after")[0] for m in logged] == [
+    assert [m.split(";")[0].split(":")[0] for m in messages(records)] == [
         "metrics backend raised during a flush",
-        "metrics backend works again",
+        "metrics backend still failing",
+        "metrics backend works again after 2 failed flush(es)",
         "metrics backend raised during a flush",
-        "metrics backend works again",
+        "metrics backend works again after 1 failed flush(es)",
+        "metrics backend raised during a flush",
     ]
-    assert logged[1].startswith("metrics backend works again after 2 failed flush(es)")
-    assert backend.calls == [("increment", "c", 3, None), ("increment", "c", 3, None)]
+    assert backend.calls == [("increment", "c", 3, None), ("increment", "c", 2, None), ("increment", "c", 1, None)]
     assert buf.flush_errors == 4
 
 
@@ -142,3 +162,51 @@ def test_five_thousand_failed_deliveries_through_a_producer_log_once(
         assert (
             sum(v for m, n, v, _ in backend_down.calls if m == "increment" and n == PRODUCE_STATUS) == 5_000
         )
+
+
+class EveryThird(Recorder):
+    """A recording backend whose every third call raises: one that fails and works by turns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    def _record(self, method: str, name: str, value: object, tags: object) -> None:
+        self.seen += 1
+        if self.seen % 3 == 0:
+            raise BackendError("statsd dropped a packet")
+        super()._record(method, name, value, tags)  # type: ignore[arg-type]
+
+
+@needs_kafka
+@pytest.mark.usefixtures("uninstalled")
+def test_a_producer_whose_backend_fails_by_turns_logs_twice_and_loses_nothing(
+    records: pytest.LogCaptureFixture,
+) -> None:
+    pytest.importorskip("arroyo", reason=NO_KAFKA)
+    import arroyo.backends.kafka.consumer as consumer
+
+    from arroyo_metrics_buffer import install
+    from helpers import MOCK_CLUSTER, backend
+
+    flapping = EveryThird()
+    with backend(flapping):
+        assert install()
+        old, consumer.METRICS_FREQUENCY_SEC = consumer.METRICS_FREQUENCY_SEC, 0
+        try:
+            producer = consumer.ConfluentProducer(dict(MOCK_CLUSTER, **{"client.id": "by-turns"}))
+            for i in range(5_000):
+                producer.produce("failure-log", b"%d" % i, partition=0)
+            assert producer.flush(30) == 0
+            while vars(producer)["_arroyo_metrics_buffer"].pending():
+                producer.flush(0)
+        finally:
+            consumer.METRICS_FREQUENCY_SEC = old
+        native = vars(producer)["_arroyo_metrics_buffer"]
+        assert native.flush_errors > 100
+        logged = messages(records)
+        assert [m.split(";")[0].split(" after")[0] for m in logged] == [
+            "metrics backend raised during a flush",
+            "metrics backend works again",
+        ]
+        assert sum(v for m, n, v, _ in flapping.calls if m == "increment" and n == PRODUCE_STATUS) == 5_000

@@ -32,10 +32,11 @@ class MetricsBuffer:
     emits hands its flush to that thread instead of waiting.
 
     A backend exception never escapes: what was not sent is kept (ahead of newer keys) for the
-    next flush, and nothing sent is sent again. The first failure of a run of them is logged with
-    its traceback to the ``arroyo_metrics_buffer`` logger; while the backend keeps failing, at
-    most one summary per ``failure_log_interval`` seconds says how many flushes failed, how many
-    calls wait and how many samples were dropped; one line says when it works again.
+    next flush, and nothing sent is sent again. The first failure is logged with its traceback to
+    the ``arroyo_metrics_buffer`` logger; after that, at most one failure record per
+    ``failure_log_interval`` seconds says how many flushes failed, how many calls wait and how
+    many samples were dropped, and one line says when the backend works again after such a record
+    (a backend that fails and works by turns logs at most twice per interval).
     ``flush_errors`` counts every failure. A backend that calls back into the buffer while it is
     being flushed adds to the next window.
 

@@ -1,17 +1,25 @@
-//! When to tell about a failing backend, so that one that is down for an hour cannot flood the
-//! application's logs: the first failure in full, then at most one summary per interval while the
-//! failures go on, then one line when a flush works again.
+//! When to tell about a failing backend, so that one that is down for an hour, or that fails and
+//! works by turns, cannot flood the application's logs. The first failure is told in full. After
+//! that, at most one failure record per interval: a summary while failures go on, or, after a
+//! quiet interval with nothing failed since the last record, a new failure in full. A flush that
+//! works after a failure record gets one line saying so, and that line is owed once per failure
+//! record: a backend that fails and works by turns gives at most two records per interval.
 
 use std::time::{Duration, Instant};
 
 /// What to tell after a flush, if anything.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Report {
-    /// The first failure since the backend last worked (or ever): tell it in full.
+    /// A failure after nothing failed untold: tell it in full.
     First,
-    /// The failures go on: `failed` more flushes failed since the last report, `since` ago.
-    StillFailing { failed: u64, since: Duration },
-    /// A flush worked after `failed` failed ones in a row.
+    /// Failures went on: `failed` more flushes failed since the last record, `since` ago, and
+    /// flushes worked `recovered` times in between without being told.
+    StillFailing {
+        failed: u64,
+        since: Duration,
+        recovered: u64,
+    },
+    /// A flush worked after `failed` failed ones since the last line that said so (or ever).
     Recovered { failed: u64 },
 }
 
@@ -19,52 +27,76 @@ pub enum Report {
 #[derive(Debug, Clone)]
 pub struct FailureLog {
     interval: Duration,
-    /// Failed flushes in a row, up to now (0: the backend works).
+    /// Failed flushes in a row, up to now (0: the last flush worked).
     in_a_row: u64,
-    /// When the last report was made, and the failed flushes since then.
-    last_report: Option<Instant>,
+    /// When the last failure record was made.
+    last_failure_record: Option<Instant>,
+    /// Failed flushes, and failed-then-working turns, since the last record.
     untold: u64,
+    untold_recoveries: u64,
+    /// Failed flushes since the last recovery line.
+    since_recovered: u64,
+    /// Whether the last record said the backend fails, so that a recovery line is owed.
+    owed_recovery: bool,
 }
 
 impl FailureLog {
-    /// At most one [`Report::StillFailing`] per `interval`.
+    /// At most one failure record per `interval`.
     pub fn new(interval: Duration) -> Self {
         FailureLog {
             interval,
             in_a_row: 0,
-            last_report: None,
+            last_failure_record: None,
             untold: 0,
+            untold_recoveries: 0,
+            since_recovered: 0,
+            owed_recovery: false,
         }
     }
 
-    /// Whether the last flush failed.
+    /// Whether [`succeeded`](Self::succeeded) has anything to do: the last flush failed, or a
+    /// recovery line is owed.
     pub fn failing(&self) -> bool {
-        self.in_a_row > 0
+        self.in_a_row > 0 || self.owed_recovery
     }
 
     /// A flush failed at `now`.
     pub fn failed(&mut self, now: Instant) -> Option<Report> {
         self.in_a_row += 1;
-        let Some(last) = self.last_report.filter(|_| self.in_a_row > 1) else {
-            self.last_report = Some(now);
-            self.untold = 0;
-            return Some(Report::First);
-        };
-        self.untold += 1;
-        let since = now.saturating_duration_since(last);
-        if since < self.interval {
+        self.since_recovered += 1;
+        let since = self
+            .last_failure_record
+            .map(|last| now.saturating_duration_since(last));
+        if since.is_some_and(|since| since < self.interval) {
+            self.untold += 1;
             return None;
         }
-        self.last_report = Some(now);
-        let failed = std::mem::take(&mut self.untold);
-        Some(Report::StillFailing { failed, since })
+        self.last_failure_record = Some(now);
+        // The same trouble goes on if the last record said it fails, or failures went untold.
+        let going_on = std::mem::replace(&mut self.owed_recovery, true) || self.untold > 0;
+        let failed = std::mem::take(&mut self.untold) + 1;
+        let recovered = std::mem::take(&mut self.untold_recoveries);
+        match since {
+            Some(since) if going_on => Some(Report::StillFailing {
+                failed,
+                since,
+                recovered,
+            }),
+            _ => Some(Report::First),
+        }
     }
 
     /// A flush worked.
     pub fn succeeded(&mut self) -> Option<Report> {
-        let failed = std::mem::take(&mut self.in_a_row);
-        self.untold = 0;
-        (failed > 0).then_some(Report::Recovered { failed })
+        if std::mem::take(&mut self.in_a_row) > 0 && !self.owed_recovery {
+            self.untold_recoveries += 1;
+        }
+        if !std::mem::take(&mut self.owed_recovery) {
+            return None;
+        }
+        (self.untold, self.untold_recoveries) = (0, 0);
+        let failed = std::mem::take(&mut self.since_recovered);
+        Some(Report::Recovered { failed })
     }
 }
 
@@ -78,6 +110,7 @@ mod tests {
         let at = |s: u64| start + Duration::from_secs(s);
         let mut log = FailureLog::new(Duration::from_secs(60));
         assert_eq!(log.succeeded(), None, "nothing to tell while it works");
+        assert!(!log.failing());
         assert_eq!(log.failed(at(0)), Some(Report::First));
         for s in 1..60 {
             assert_eq!(log.failed(at(s)), None, "second {s}");
@@ -86,7 +119,8 @@ mod tests {
             log.failed(at(60)),
             Some(Report::StillFailing {
                 failed: 60,
-                since: Duration::from_secs(60)
+                since: Duration::from_secs(60),
+                recovered: 0,
             })
         );
         assert_eq!(log.failed(at(61)), None);
@@ -94,9 +128,65 @@ mod tests {
         assert_eq!(log.succeeded(), Some(Report::Recovered { failed: 62 }));
         assert!(!log.failing());
         assert_eq!(log.succeeded(), None);
-        // A new run of failures starts with a full report again, however soon.
-        assert_eq!(log.failed(at(62)), Some(Report::First));
+        // A new run of failures within the interval is not told at once, but with the next
+        // record, as part of the same trouble.
+        assert_eq!(log.failed(at(62)), None);
         assert_eq!(log.failed(at(63)), None);
+        assert_eq!(
+            log.succeeded(),
+            None,
+            "no record said it failed: no line owed"
+        );
+        assert_eq!(
+            log.failed(at(120)),
+            Some(Report::StillFailing {
+                failed: 3,
+                since: Duration::from_secs(60),
+                recovered: 1,
+            })
+        );
+        assert_eq!(log.succeeded(), Some(Report::Recovered { failed: 3 }));
+    }
+
+    #[test]
+    fn a_backend_that_fails_and_works_by_turns_gives_two_records_per_interval() {
+        let start = Instant::now();
+        let mut log = FailureLog::new(Duration::from_secs(60));
+        let mut records = Vec::new();
+        for s in 0..600 {
+            if let Some(r) = log.failed(start + Duration::from_secs(s)) {
+                records.push(r);
+            }
+            if let Some(r) = log.succeeded() {
+                records.push(r);
+            }
+        }
+        assert_eq!(records.len(), 20, "{records:?}");
+        assert_eq!(records[0], Report::First);
+        assert_eq!(records[1], Report::Recovered { failed: 1 });
+        for pair in records[2..].chunks(2) {
+            assert_eq!(
+                pair,
+                [
+                    Report::StillFailing {
+                        failed: 60,
+                        since: Duration::from_secs(60),
+                        recovered: 59,
+                    },
+                    Report::Recovered { failed: 60 },
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_failure_after_a_quiet_interval_is_told_in_full() {
+        let start = Instant::now();
+        let mut log = FailureLog::new(Duration::from_secs(60));
+        assert_eq!(log.failed(start), Some(Report::First));
+        assert_eq!(log.succeeded(), Some(Report::Recovered { failed: 1 }));
+        let later = start + Duration::from_secs(61);
+        assert_eq!(log.failed(later), Some(Report::First));
     }
 
     #[test]
@@ -109,10 +199,12 @@ mod tests {
                 log.failed(now),
                 Some(Report::StillFailing {
                     failed: 1,
-                    since: Duration::ZERO
+                    since: Duration::ZERO,
+                    recovered: 0,
                 })
             );
         }
         assert_eq!(log.succeeded(), Some(Report::Recovered { failed: 4 }));
+        assert_eq!(log.failed(now), Some(Report::First));
     }
 }
