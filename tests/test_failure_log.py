@@ -93,9 +93,7 @@ def test_a_backend_that_fails_and_works_by_turns_logs_twice_per_interval(
     first, second = messages(records)
     assert first.startswith("metrics backend raised during a flush; 1 metric call(s) kept")
     assert "Traceback (most recent call last)" in first
-    assert second == (
-        "metrics backend works again after 1 failed flush(es); what was kept has been emitted"
-    )
+    assert second == ("metrics backend works again after 1 failed flush(es); what was kept has been emitted")
     assert buf.flush_errors == 5_000
     assert sum(v for _, _, v, _ in backend.calls) == 10_000
     assert len(backend.calls) == 5_000  # each working flush sends what the failed one kept
@@ -118,7 +116,11 @@ def test_after_the_interval_a_new_failure_is_told_in_full_or_summarised(
         "metrics backend works again after 1 failed flush(es)",
         "metrics backend raised during a flush",
     ]
-    assert backend.calls == [("increment", "c", 3, None), ("increment", "c", 2, None), ("increment", "c", 1, None)]
+    assert backend.calls == [
+        ("increment", "c", 3, None),
+        ("increment", "c", 2, None),
+        ("increment", "c", 1, None),
+    ]
     assert buf.flush_errors == 4
 
 
