@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::PyTraverseError;
-use pyo3::exceptions::{PyImportError, PyRuntimeError};
+use pyo3::exceptions::PyImportError;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -167,13 +167,6 @@ impl MetricsBufferPy {
         failure_log_interval: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         const F: &str = "MetricsBuffer";
-        // Making an object may run the garbage collector, and so Python code: not on another
-        // thread once the interpreter exits (see `gate`).
-        let Some(_pass) = gate::enter() else {
-            return Err(PyRuntimeError::new_err(
-                "MetricsBuffer(): the interpreter is exiting",
-            ));
-        };
         let frequency = match frequency_sec {
             Some(f) => non_negative(F, "frequency_sec", convert::real(F, "frequency_sec", f)?)?,
             None => 1.0,
@@ -301,11 +294,7 @@ impl MetricsBufferPy {
     }
 
     /// (kind, name, tags or None, value, number of values) per pending key, in emission order.
-    /// Empty on another thread once the interpreter exits (making objects may run Python code).
     fn pending<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
-        let Some(_pass) = gate::enter() else {
-            return Ok(Vec::new());
-        };
         let mut snapshot = self.shared.core.snapshot();
         let rank = |k: Kind| match k {
             Kind::Timer => 0,
@@ -349,11 +338,6 @@ impl MetricsBufferPy {
         latency: Option<&Bound<'_, PyAny>>,
         latency_tags: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<DeliveryCallbackPy> {
-        let Some(_pass) = gate::enter() else {
-            return Err(PyRuntimeError::new_err(
-                "delivery_callback(): the interpreter is exiting",
-            ));
-        };
         DeliveryCallbackPy::new(
             slf,
             counter,

@@ -1,154 +1,14 @@
-//! The one door for raw CPython: every call from native code into Python code, and the CPython
-//! calls pyo3 does not wrap, each behind a safe function.
+//! The one door for raw CPython: the calls into Python and the CPython reads that pyo3 does not
+//! wrap, each behind a safe function.
 //!
-//! # Why calls into Python go through a frame of their own
-//!
-//! On CPython < 3.14 a thread that wants the GIL back while the interpreter finalizes is ended with
-//! `pthread_exit`, which on glibc unwinds its stack by forced unwinding. Unwinding into a frame of
-//! native code that cannot unwind (every pyo3 method's `extern "C"` trampoline, and the `Drop`
-//! landing pads below it) aborts the process. That is what happens when a daemon thread is in a
-//! metrics backend call made from our code (say, one that blocks for longer than the exit budget)
-//! and the call returns while the interpreter finalizes.
-//!
-//! So on glibc (x86_64 and aarch64), Python is called through [`CALL`], eight instructions of
-//! assembly with no unwind information. The unwinder stops there as at the end of a stack, and
-//! glibc then ends the thread as it does for C frames without unwind information: it jumps
-//! straight to the thread's start (`__libc_unwind_longjmp` in glibc's `unwind_stop`), so none of
-//! our frames is unwound into. Those frames are abandoned, as a thread that blocks for good
-//! abandons them: no Rust lock is ever held across a call into Python, and what they own (an
-//! emitter role, references) goes with the exiting process. Elsewhere `pthread_exit` does not
-//! unwind (macOS, musl), and CPython 3.14+ parks the thread instead, so a direct call is as safe.
+//! Calls into Python (a backend, logging, a replaced `time.time`, a conversion that runs Python
+//! code) need no frame of their own for interpreter exit: a thread that finalization ends with
+//! `pthread_exit` while one of them is on its stack unwinds over our frames, which are built with
+//! `panic = "abort"` and so have nothing to run there (Cargo.toml; docs/architecture.md).
 
 use pyo3::ffi::{self, Py_ssize_t, PyObject};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCFunction, PyString, PyTuple};
-
-#[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
-std::arch::global_asm!(
-    ".text",
-    ".p2align 4",
-    ".globl arroyo_metrics_buffer_call_python",
-    ".hidden arroyo_metrics_buffer_call_python",
-    ".type arroyo_metrics_buffer_call_python,@function",
-    "arroyo_metrics_buffer_call_python:",
-    // The four arguments stay in rdi, rsi, rdx and rcx; the function is the fifth (r8). The push
-    // keeps the stack 16-byte aligned at the call, and rbx callee-saved.
-    "push rbx",
-    "call r8",
-    "pop rbx",
-    "ret",
-    ".size arroyo_metrics_buffer_call_python, .-arroyo_metrics_buffer_call_python",
-);
-
-#[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "aarch64"))]
-std::arch::global_asm!(
-    ".text",
-    ".p2align 2",
-    ".globl arroyo_metrics_buffer_call_python",
-    ".hidden arroyo_metrics_buffer_call_python",
-    ".type arroyo_metrics_buffer_call_python,%function",
-    "arroyo_metrics_buffer_call_python:",
-    // The four arguments stay in x0-x3; the function is the fifth (x4). The frame record keeps the
-    // link register across the call.
-    "stp x29, x30, [sp, #-16]!",
-    "mov x29, sp",
-    "blr x4",
-    "ldp x29, x30, [sp], #16",
-    "ret",
-    ".size arroyo_metrics_buffer_call_python, .-arroyo_metrics_buffer_call_python",
-);
-
-/// `PyObject_Vectorcall` and `PyObject_VectorcallMethod`: the callable (or method name), the
-/// arguments (the object first, for a method), their number, and the keyword names or NULL.
-type Vectorcall = unsafe extern "C" fn(
-    *mut PyObject,
-    *const *mut PyObject,
-    usize,
-    *mut PyObject,
-) -> *mut PyObject;
-
-/// A CPython function of one object that returns one.
-type Unary = unsafe extern "C" fn(*mut PyObject) -> *mut PyObject;
-
-#[cfg(all(
-    target_os = "linux",
-    target_env = "gnu",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-mod frame {
-    use super::{PyObject, Unary, Vectorcall};
-
-    unsafe extern "C" {
-        /// Calls `function` with the four integer-register arguments before it, from a frame
-        /// without unwind information (see the module doc). Declared with the widest signature
-        /// that it passes on; [`unary`] calls a one-argument function through it, which ignores
-        /// the registers it does not read.
-        #[link_name = "arroyo_metrics_buffer_call_python"]
-        fn call_python(
-            a: *mut PyObject,
-            b: *const *mut PyObject,
-            c: usize,
-            d: *mut PyObject,
-            function: Vectorcall,
-        ) -> *mut PyObject;
-    }
-
-    /// # Safety
-    /// As for calling `function(a, b, c, d)` itself.
-    pub(super) unsafe fn vectorcall(
-        function: Vectorcall,
-        a: *mut PyObject,
-        b: *const *mut PyObject,
-        c: usize,
-        d: *mut PyObject,
-    ) -> *mut PyObject {
-        // SAFETY: the assembly passes its four arguments on unchanged, in the registers of the C
-        // calling convention, and returns what the function returns; the caller upholds the
-        // function's own contract.
-        unsafe { call_python(a, b, c, d, function) }
-    }
-
-    /// # Safety
-    /// As for calling `function(a)` itself.
-    pub(super) unsafe fn unary(function: Unary, a: *mut PyObject) -> *mut PyObject {
-        // SAFETY: only the assembly calls through the transmuted pointer, and it calls with `a` in
-        // the first argument register, as a one-argument C function takes it (the other argument
-        // registers, which it leaves unread, hold nulls); no Rust code calls through the wrong type.
-        unsafe {
-            let function = std::mem::transmute::<Unary, Vectorcall>(function);
-            call_python(a, std::ptr::null(), 0, std::ptr::null_mut(), function)
-        }
-    }
-}
-
-#[cfg(not(all(
-    target_os = "linux",
-    target_env = "gnu",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
-mod frame {
-    use super::{PyObject, Unary, Vectorcall};
-
-    /// # Safety
-    /// As for calling `function(a, b, c, d)` itself.
-    pub(super) unsafe fn vectorcall(
-        function: Vectorcall,
-        a: *mut PyObject,
-        b: *const *mut PyObject,
-        c: usize,
-        d: *mut PyObject,
-    ) -> *mut PyObject {
-        // SAFETY: the caller upholds the function's contract.
-        unsafe { function(a, b, c, d) }
-    }
-
-    /// # Safety
-    /// As for calling `function(a)` itself.
-    pub(super) unsafe fn unary(function: Unary, a: *mut PyObject) -> *mut PyObject {
-        // SAFETY: the caller upholds the function's contract.
-        unsafe { function(a) }
-    }
-}
 
 /// The raw arguments of a call: at most four objects, borrowed for the call.
 fn raw<const N: usize>(args: [&Bound<'_, PyAny>; N]) -> [*mut PyObject; N] {
@@ -165,13 +25,8 @@ pub(crate) fn call<'py, const N: usize>(
     // PY_VECTORCALL_ARGUMENTS_OFFSET is not set, so `args` is not written. The result is a new
     // reference, or NULL with an error set, which `from_owned_ptr_or_err` takes.
     unsafe {
-        let result = frame::vectorcall(
-            ffi::PyObject_Vectorcall,
-            callable.as_ptr(),
-            args.as_ptr(),
-            N,
-            std::ptr::null_mut(),
-        );
+        let result =
+            ffi::PyObject_Vectorcall(callable.as_ptr(), args.as_ptr(), N, std::ptr::null_mut());
         Bound::from_owned_ptr_or_err(callable.py(), result)
     }
 }
@@ -191,8 +46,7 @@ pub(crate) fn call_method<'py>(
     // PY_VECTORCALL_ARGUMENTS_OFFSET is not set, so `args` is not written. The result is a new
     // reference, or NULL with an error set.
     unsafe {
-        let result = frame::vectorcall(
-            ffi::PyObject_VectorcallMethod,
+        let result = ffi::PyObject_VectorcallMethod(
             name.as_ptr(),
             args.as_ptr(),
             args.len() - keywords,
@@ -225,7 +79,7 @@ pub(crate) fn float_of(obj: &Bound<'_, PyAny>) -> PyResult<f64> {
     // SAFETY: `obj` is live; PyNumber_Float returns a new reference to a float, or NULL with an
     // error set (what `__float__` or `__index__` raised).
     let float = unsafe {
-        let result = frame::unary(ffi::PyNumber_Float, obj.as_ptr());
+        let result = ffi::PyNumber_Float(obj.as_ptr());
         Bound::from_owned_ptr_or_err(py, result)?
     };
     Ok(float.cast_into::<pyo3::types::PyFloat>()?.value())

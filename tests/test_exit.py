@@ -26,6 +26,8 @@ import pytest
 from arroyo_metrics_buffer import _native
 
 RUNS = 30
+#: Runs of each shape of a thread ended by finalization (nine shapes; each run is short).
+ENDED_RUNS = 10
 #: Runs at once: one per core for the scenarios that keep a core busy; more where they mostly wait.
 PARALLEL = 2
 WAITING = 6
@@ -492,6 +494,197 @@ inside.wait()
 def test_a_backend_call_returning_while_the_interpreter_finalizes_does_not_abort() -> None:
     results = run_many(RETURNS_DURING_FINALIZATION, env={"ARROYO_METRICS_BUFFER_EXIT_TIMEOUT": "0.3"})
     assert_all_exited_cleanly(results, budget=0.3 + 1.0)  # and the big heap's own teardown
+
+
+#: Daemon threads keep making arroyo objects whose buffers the patch makes native while the main
+#: thread returns: what they make during the exit is made as before, and nothing is logged about
+#: it (each used to log a warning with a traceback, hundreds in half a second).
+OBJECTS_MADE_DURING_EXIT = """
+import threading
+import time
+import arroyo_metrics_buffer
+from arroyo.processing.processor import MetricsBuffer as ArroyoBuffer
+
+assert arroyo_metrics_buffer.install()
+made = 0
+
+def make():
+    global made
+    while True:
+        buffer = ArroyoBuffer()
+        buffer.incr_counter("arroyo.consumer.run.count", 1)
+        made += 1
+
+for _ in range(4):
+    threading.Thread(target=make, daemon=True).start()
+while made < 1000:
+    time.sleep(0.001)
+"""
+
+
+@pytest.mark.lifecycle
+@pytest.mark.timeout(900)
+def test_objects_made_on_other_threads_during_exit_log_nothing() -> None:
+    pytest.importorskip("arroyo", reason="the patch needs sentry-arroyo")
+    results = run_many(OBJECTS_MADE_DURING_EXIT, env=SHORT)
+    assert_all_exited_cleanly(results, budget=0.5)
+    for run in results:
+        assert "could not give" not in run.stderr, run.stderr[-3000:]
+        assert "Traceback" not in run.stderr, run.stderr[-3000:]
+
+
+#: A daemon thread is inside one of our native calls, in Python code that call runs, when the main
+#: thread returns; that code wants the GIL back while the interpreter finalizes (module teardown
+#: runs Python code, so the main thread gives the GIL up). On CPython < 3.14 finalization then ends
+#: the thread with `pthread_exit`, which on glibc unwinds its stack through our native frames: every
+#: shape here aborted the process (status -6) with the extension built to unwind on panic instead
+#: of to abort. The "gc in ..." shapes are a garbage collection that one of our allocations started
+#: (on CPython 3.11, a collection runs inside the allocation that crosses the threshold).
+ENDED_BY_FINALIZATION = """
+import atexit, collections.abc, gc, logging, numbers, os, sys, threading, time
+
+finalizing = threading.Event()
+atexit.register(finalizing.set)  # registered before the import: runs after the exit hook
+from arroyo_metrics_buffer import MetricsBuffer
+
+SHAPE = os.environ["SHAPE"]
+inside = threading.Event()
+
+def park():
+    \"\"\"Called by Python code that one of our native calls runs on the daemon thread.\"\"\"
+    if threading.current_thread() is threading.main_thread() or inside.is_set():
+        return
+    inside.set()
+    finalizing.wait()
+    time.sleep(0.05)  # wants the GIL back while the interpreter finalizes
+
+class Teardown:
+    def __del__(self):
+        started = time.monotonic()
+        while time.monotonic() - started < 0.5:
+            pass
+
+teardown = Teardown()
+
+class Backend:
+    def increment(self, name, value=1, tags=None):
+        if SHAPE == "backend":
+            park()
+        elif SHAPE == "failure log":
+            raise ConnectionError("down")
+        elif SHAPE == "result":
+            return Dropped()
+
+    timing = increment
+
+class Dropped:
+    def __del__(self):
+        park()
+
+class Garbage:
+    def __init__(self):
+        self.cycle = self
+
+    def __del__(self):
+        park()
+
+class Real:
+    def __float__(self):
+        park()
+        return 1.0
+
+numbers.Real.register(Real)
+
+class Tags(collections.abc.Mapping):
+    def __getitem__(self, key):
+        return "b"
+
+    def __iter__(self):
+        return iter(["a"])
+
+    def __len__(self):
+        return 1
+
+    def items(self):
+        park()
+        return super().items()
+
+class Handler(logging.Handler):
+    def createLock(self):
+        self.lock = None  # parked in emit, it must not hold up the exit line on a lock
+
+    def emit(self, record):
+        park()
+
+def clock():
+    park()
+    return 1e9
+
+logging.getLogger("arroyo_metrics_buffer").addHandler(Handler())
+backend = Backend()
+buf = MetricsBuffer(backend, frequency_sec=3600)
+
+def work():
+    gc.disable()
+    if SHAPE == "clock":
+        time.time = clock
+    while not inside.is_set():
+        if SHAPE in ("backend", "failure log", "result"):
+            buf.incr_counter("c", 1)
+            buf.flush()
+        elif SHAPE == "conversion":
+            buf.incr_timing("t", Real())
+        elif SHAPE == "tags":
+            buf.incr_counter("c", 1, Tags())
+        elif SHAPE == "clock":
+            buf.incr_counter("c", 1)
+        else:
+            # With a threshold of 1, the first allocation after gc.enable() collects: the native
+            # call's own.
+            Garbage()
+            gc.set_threshold(1)
+            gc.enable()
+            if SHAPE == "gc in MetricsBuffer()":
+                MetricsBuffer(backend, frequency_sec=3600)
+            elif SHAPE == "gc in delivery_callback()":
+                buf.delivery_callback("x")
+            elif SHAPE == "gc in an error":
+                try:
+                    buf.incr_counter(1, 1)
+                except TypeError:
+                    pass
+            gc.disable()
+    time.sleep(60)
+
+threading.Thread(target=work, daemon=True).start()
+assert inside.wait(10), "the daemon thread never got inside"
+"""
+
+#: Where Python code runs inside our native calls (the last three only on CPython 3.11, where a
+#: collection runs inside the allocation that starts it).
+ENDED_SHAPES = [
+    "backend",
+    "failure log",
+    "result",
+    "conversion",
+    "tags",
+    "clock",
+    "gc in MetricsBuffer()",
+    "gc in delivery_callback()",
+    "gc in an error",
+]
+
+
+@pytest.mark.lifecycle
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("shape", ENDED_SHAPES)
+def test_a_thread_ended_by_finalization_inside_native_code_does_not_abort(shape: str) -> None:
+    if shape.startswith("gc in") and sys.version_info >= (3, 12):
+        pytest.skip("CPython 3.12+ collects garbage between bytecodes, never inside an allocation")
+    budget = 0.2
+    env = {"SHAPE": shape, "ARROYO_METRICS_BUFFER_EXIT_TIMEOUT": str(budget)}
+    results = run_many(ENDED_BY_FINALIZATION, runs=ENDED_RUNS, env=env, parallel=WAITING)
+    assert_all_exited_cleanly(results, budget=budget + 0.5)  # and the teardown's own 0.5 s
 
 
 #: A backend that raises on every call at exit, one that is slow but finishes in time, and one that

@@ -2,9 +2,7 @@
 
 The metric calls still pending are made on a daemon thread, which the hook waits for until its
 deadline and then abandons, so that a backend that blocks, or waits on a lock the exiting thread
-holds, cannot keep the process from exiting. That thread's stack holds only CPython's frames and
-this module's: on CPython < 3.14, a thread that interpreter finalization ends is unwound, which
-aborts the process if native frames are on its stack, and is safe through these.
+holds, cannot keep the process from exiting.
 
 A leaf module: it imports nothing of this package (the native module imports it at its own import).
 """
