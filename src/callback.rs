@@ -137,18 +137,28 @@ impl DeliveryCallbackPy {
         let buffer = &self.buffer.get().shared;
         let counter = status.add(Value::Int(1));
         let Some(latency) = &self.latency else {
-            let now = clock::now(py, buffer.coarse_clock())?;
-            return buffer.record_at(py, &[counter], now);
+            let now = clock::now(py, buffer.coarse_clock());
+            buffer.record_at(py, &[counter], now.as_ref().ok().copied())?;
+            return now.map(drop);
         };
         let Some(produced) = time_of_produce else {
             return Err(PyTypeError::new_err(
                 "delivery callback missing required argument 'time_of_produce'",
             ));
         };
-        let produced = convert::seconds("DeliveryCallback.report", "time_of_produce", produced)?;
         // The latency sample needs the clock `time.time()` reads, not a coarse one.
-        let now = clock::now(py, false)?;
-        let sample = latency.add(Value::Float(now - produced));
-        buffer.record_at(py, &[counter, sample], now)
+        let produced = convert::seconds("DeliveryCallback.report", "time_of_produce", produced);
+        match produced.and_then(|produced| Ok((clock::now(py, false)?, produced))) {
+            Ok((now, produced)) => {
+                let sample = latency.add(Value::Float(now - produced));
+                buffer.record_at(py, &[counter, sample], Some(now))
+            }
+            // As arroyo, which counts the delivery before it computes the latency: the count is
+            // kept, and the error raised.
+            Err(error) => {
+                buffer.record_at(py, &[counter], None)?;
+                Err(error)
+            }
+        }
     }
 }

@@ -24,15 +24,15 @@ impl Shared {
 }
 
 impl Shared {
-    /// Applies `adds` with the throttle at clock reading `now`, and emits if this call won the
-    /// flush (and calls into Python may start: see [`gate::enter`]).
+    /// Applies `adds` with the throttle at clock reading `now` (none: no throttle), and emits if
+    /// this call won the flush (and calls into Python may start: see [`gate::enter`]).
     pub(crate) fn record_at<S: AsRef<[u8]>>(
         &self,
         py: Python<'_>,
         adds: &[Add<'_, S>],
-        now: f64,
+        now: Option<f64>,
     ) -> PyResult<()> {
-        let won = self.core.record_gated(adds, Some(now), gate::enter);
+        let won = self.core.record_gated(adds, now, gate::enter);
         match won.map_err(Error::from)? {
             Some((emit, _pass)) => emit::emit_all(py, emit, &self.core, &self.backend),
             None => Ok(()),

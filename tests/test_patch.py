@@ -430,3 +430,40 @@ def test_any_str_stock_accepts_is_emitted_as_the_same_text(log: CallLog) -> None
     assert install() == TARGETS
     assert run_with_any_text(log) == stock
     assert [args[0] for _, args, _ in stock] == TEXTS + TEXTS
+
+
+class ClockError(Exception):
+    pass
+
+
+def run_with_a_raising_clock(log: CallLog) -> tuple[list[str], list[Any]]:
+    """Each recording call while `time.time` raises: what it raised, then what a flush emits."""
+    latency = (4999.0,) if producer_has_latency() else ()
+    buf = ArroyoMetricsBuffer()
+    producer = ConfluentProducer(dict(MOCK_CLUSTER, **{"client.id": "clock"}))
+    calls = [
+        lambda: buf.incr_counter("arroyo.consumer.run.count", 2),
+        lambda: buf.incr_timing("arroyo.consumer.poll.time", 0.5),
+        lambda: producer._ConfluentProducer__metrics_delivery_callback(None, None, *latency),
+    ]
+    raised = []
+    with mock.patch("time.time", side_effect=ClockError("no clock")):
+        for call in calls:
+            with pytest.raises(ClockError) as error:
+                call()
+            raised.append(str(error.value))
+    buf.flush()
+    producer.flush(0)
+    return raised, log.take()
+
+
+def test_a_raising_clock_keeps_the_value_and_raises_as_in_stock(log: CallLog) -> None:
+    stock = run_with_a_raising_clock(log)
+    assert install() == TARGETS
+    ours = run_with_a_raising_clock(log)
+    assert (ours[0], ours[1].calls) == (stock[0], stock[1].calls)
+    raised, emitted = stock
+    assert raised == ["no clock"] * 3
+    assert emitted.total("timing", "arroyo.consumer.poll.time") == 0.5
+    assert emitted.total("increment", "arroyo.consumer.run.count") == 2
+    assert emitted.statuses() == {"success": 1}
