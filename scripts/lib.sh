@@ -197,13 +197,59 @@ stage() {
   )
   rc=$?
   set -e
-  local took=$((SECONDS - start)) result=PASS
-  if [ $rc -ne 0 ]; then
+  stage_done "$rc" $((SECONDS - start)) "$name"
+}
+
+# stage_done STATUS SECONDS NAME: records a stage's result.
+stage_done() {
+  local rc=$1 took=$2 name=$3 result=PASS
+  if [ "$rc" -ne 0 ]; then
     result=FAIL
     STAGES_FAILED=$((STAGES_FAILED + 1))
   fi
   STAGE_LINES+=("$(printf '%-4s  %3dm%02ds  %s' "$result" $((took / 60)) $((took % 60)) "$name")")
   say "stage $result in $((took / 60))m$((took % 60))s: $name"
+}
+
+# Stages that run at the same time, for stages that mostly wait (a Kafka consumer spends seconds
+# joining its group on the mock cluster): `stage_bg NAME COMMAND...` starts one in the background
+# with its output kept; `stages_join` waits for them all, then prints each one's output and records
+# its result, in the order they were started.
+BG_NAMES=()
+BG_PIDS=()
+BG_LOGS=()
+stage_bg() {
+  local name=$1 log
+  shift
+  log=$(mktemp)
+  say "stage started: $name"
+  (
+    set +e
+    start=$SECONDS
+    (
+      set -e
+      "$@"
+    ) >"$log" 2>&1
+    echo "$? $((SECONDS - start))" >"$log.status"
+  ) &
+  BG_NAMES+=("$name")
+  BG_PIDS+=($!)
+  BG_LOGS+=("$log")
+}
+
+stages_join() {
+  local i rc took
+  for i in "${!BG_PIDS[@]}"; do
+    wait "${BG_PIDS[$i]}" || true
+    read -r rc took <"${BG_LOGS[$i]}.status" || { rc=1 took=0; }
+    say "stage: ${BG_NAMES[$i]}"
+    cat "${BG_LOGS[$i]}" >&2
+    rm -f "${BG_LOGS[$i]}" "${BG_LOGS[$i]}.status"
+    stage_done "$rc" "$took" "${BG_NAMES[$i]}"
+  done
+  BG_NAMES=()
+  BG_PIDS=()
+  BG_LOGS=()
 }
 
 stages_report() {
