@@ -32,6 +32,9 @@ use metrics_buffer::{Emission, ForkLocal, Key, Kind, Value};
 /// The environment variable that sets the budget, in seconds.
 pub(crate) const BUDGET_VARIABLE: &str = "ARROYO_METRICS_BUFFER_EXIT_TIMEOUT";
 const DEFAULT_BUDGET: Duration = Duration::from_secs(2);
+/// The longest budget taken from the environment: an hour. A larger number is refused like any
+/// other unusable value (a deadline beyond the clock's range would end the process).
+const MAX_BUDGET_SECONDS: f64 = 3600.0;
 
 type Registry = Mutex<Vec<Weak<Shared>>>;
 
@@ -70,7 +73,7 @@ fn budget() -> (Duration, Option<String>) {
         return (DEFAULT_BUDGET, None);
     };
     match given.trim().parse::<f64>() {
-        Ok(s) if s.is_finite() && s >= 0.0 => (Duration::from_secs_f64(s), None),
+        Ok(s) if (0.0..=MAX_BUDGET_SECONDS).contains(&s) => (Duration::from_secs_f64(s), None),
         _ => (DEFAULT_BUDGET, Some(given)),
     }
 }

@@ -788,6 +788,21 @@ def test_a_budget_that_is_not_a_number_is_named_and_the_default_used() -> None:
         assert run.exit_counts() == (4, 4, 0)
 
 
+@pytest.mark.lifecycle
+@pytest.mark.parametrize("given", ["-1", "nan", "inf", "3601", "1e20"])
+def test_a_budget_out_of_range_is_named_and_the_default_used(given: str) -> None:
+    """Negative, not finite, or more than an hour (a deadline past the clock's range ended the
+    process at exit)."""
+    env = {"ARROYO_METRICS_BUFFER_EXIT_TIMEOUT": given}
+    results = run_many(PRINTING_BACKEND, UNFLUSHED_VALUES, runs=2, env=env)
+    assert_all_exited_cleanly(results)
+    for run in results:
+        assert run.exit_line().endswith(
+            f'ARROYO_METRICS_BUFFER_EXIT_TIMEOUT="{given}" is not a number of seconds, so the default 2 s was used'
+        )
+        assert run.exit_counts() == (4, 4, 0)
+
+
 def test_the_native_module_exposes_only_its_api() -> None:
     names = {name for name in vars(_native) if not (name.startswith("__") and name.endswith("__"))}
     assert names == {"DeliveryCallback", "MetricsBuffer", "reset_logging"}
