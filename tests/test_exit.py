@@ -803,6 +803,37 @@ def test_a_budget_out_of_range_is_named_and_the_default_used(given: str) -> None
         assert run.exit_counts() == (4, 4, 0)
 
 
+#: A backend that forks on its first call, made by the exit hook's emission: the child goes on in
+#: the emitting thread, and must make none of the parent's other calls.
+FORK_AT_EXIT = """
+import os
+from arroyo_metrics_buffer import MetricsBuffer
+
+forked = []
+
+class Forking:
+    def increment(self, name, value=1, tags=None):
+        if not forked:
+            forked.append(os.fork())
+        print(os.getpid(), name, flush=True)
+
+buf = MetricsBuffer(Forking(), frequency_sec=3600)
+for i in range(5):
+    buf.incr_counter(f"c{i}", 1)
+"""
+
+
+def test_a_child_forked_by_a_backend_call_at_exit_makes_none_of_the_parents_calls() -> None:
+    for run in run_many(FORK_AT_EXIT, runs=3):
+        assert run.status == 0, run.stderr[-3000:]
+        calls: dict[str, list[str]] = {}
+        for line in run.stdout.splitlines():
+            pid, name = line.split()
+            calls.setdefault(pid, []).append(name)
+        # The parent makes every call once; the child only finishes the one it was forked in.
+        assert sorted(calls.values()) == [["c0"], ["c0", "c1", "c2", "c3", "c4"]], run.stdout
+
+
 def test_the_native_module_exposes_only_its_api() -> None:
     names = {name for name in vars(_native) if not (name.startswith("__") and name.endswith("__"))}
     assert names == {"DeliveryCallback", "MetricsBuffer", "reset_logging"}

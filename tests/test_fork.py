@@ -3,6 +3,7 @@ a child forked in the middle of install() or uninstall() gets a consistent patch
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -122,6 +123,39 @@ def test_forking_while_another_thread_is_emitting() -> None:
         gate.release.set()
         emitter.join(10)
     assert log.calls == [("increment", "slow", 1)]
+
+
+def test_a_child_forked_in_a_backend_call_sends_none_of_the_parents_values() -> None:
+    """A backend that forks on its first call (a helper process started on first use): the child
+    returns into the parent's emit, which must stop there (the values are the parent's)."""
+    read, write = os.pipe()
+    forked: list[int] = []
+    parent_calls: list[str] = []
+
+    class Forking:
+        def increment(self, name: str, value: int = 1, tags: Any = None) -> None:
+            if not forked:
+                forked.append(os.fork())
+            if forked[0] == 0:
+                os.write(write, f"{name}\n".encode())
+            else:
+                parent_calls.append(name)
+
+    buf = MetricsBuffer(Forking(), frequency_sec=3600)
+    for i in range(5):
+        buf.incr_counter(f"c{i}", 1)
+    try:
+        buf.flush()
+    finally:
+        if forked and forked[0] == 0:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(forked[0], 0)
+    with os.fdopen(read) as child_calls:
+        # The child finishes the backend call it was forked in (the backend's own code), then no more.
+        assert (status, child_calls.read().split()) == (0, ["c0"])
+    assert parent_calls == ["c0", "c1", "c2", "c3", "c4"]
+    assert buf.pending() == []
 
 
 class Gated(type):

@@ -9,6 +9,7 @@ A leaf module: it imports nothing of this package (the native module imports it 
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -92,11 +93,27 @@ def describe(error: BaseException) -> str:
         return type(error).__name__
 
 
+#: The exit emission, once it has begun (there is one per process). A child forked from one of its
+#: backend calls goes on with that thread's emission: it stops there, as the values are the
+#: parent's, which the parent sends.
+_running: list[_Emission] = []
+
+
+def _stop_in_a_child() -> None:
+    for emission in _running:
+        emission.stop = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_stop_in_a_child)
+
+
 def emit(calls: Calls, timeout: float) -> tuple[int, int, int, str | None]:
     """Makes `calls` in order on a daemon thread, and waits up to `timeout` seconds for it: then
     that thread starts no further call. Returns how many calls were started, how many of those
     returned and how many raised (the difference was still in progress), and the first error."""
     emission = _Emission(calls)
+    _running.append(emission)
     if len(calls):
         deadline = time.monotonic() + timeout
         thread = threading.Thread(target=emission.run, name="arroyo_metrics_buffer: exit", daemon=True)

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::thread::{self, ThreadId};
 
 use super::failures::FailureLog;
+use super::fork;
 use super::{Buffer, Emission, Lock, Window};
 
 /// What a buffer's [`Lock`] guards (opaque: only the buffer looks inside).
@@ -59,6 +60,10 @@ pub enum Begin<'a, L: Lock<State> = std::sync::Mutex<State>> {
 /// The emitter role and the window it is emitting. The role ends with [`Emit::end`], or when the
 /// guard is dropped on any other path (a panic, an early return): then whatever was not sent is
 /// given back, as after a failed emit.
+///
+/// It belongs to the process that began it. In a child forked while it was in progress (from a
+/// backend call, say), it sends nothing more and gives nothing back: what it holds is the
+/// parent's, which the parent sends.
 #[must_use = "dropping it ends the emit at once; send the window, then call end()"]
 pub struct Emit<'a, L: Lock<State> = std::sync::Mutex<State>> {
     buffer: &'a Buffer<L>,
@@ -66,6 +71,8 @@ pub struct Emit<'a, L: Lock<State> = std::sync::Mutex<State>> {
     window: Option<Window>,
     /// How many of the window's emissions went out.
     sent: usize,
+    /// The fork generation it began in (see [`crate::generation`]).
+    generation: u64,
 }
 
 impl<'a, L: Lock<State>> Emit<'a, L> {
@@ -74,7 +81,13 @@ impl<'a, L: Lock<State>> Emit<'a, L> {
             buffer,
             window: Some(window),
             sent: 0,
+            generation: fork::generation(),
         }
+    }
+
+    /// Whether this process is a child forked while the emit was in progress.
+    fn in_a_child(&self) -> bool {
+        fork::generation() != self.generation
     }
 
     pub fn window(&self) -> &Window {
@@ -83,7 +96,8 @@ impl<'a, L: Lock<State>> Emit<'a, L> {
             .expect("an Emit holds its window until it ends")
     }
 
-    /// Calls `send` for each emission in order, until one fails (that error is returned).
+    /// Calls `send` for each emission in order, until one fails (that error is returned), or until
+    /// this process turns out to be a child forked meanwhile (by `send` itself, say).
     pub fn send<E>(
         &mut self,
         mut send: impl FnMut(Emission<'_>) -> Result<(), E>,
@@ -93,6 +107,9 @@ impl<'a, L: Lock<State>> Emit<'a, L> {
             .as_ref()
             .expect("an Emit holds its window until it ends");
         for e in window.emissions().skip(self.sent) {
+            if self.in_a_child() {
+                return Ok(());
+            }
             send(e)?;
             self.sent += 1;
         }
@@ -115,14 +132,14 @@ impl<'a, L: Lock<State>> Emit<'a, L> {
     /// Ends the emit early without counting a failure (the interpreter is exiting): what did not
     /// go out goes back, ahead of what arrived meanwhile, and the role ends here.
     pub fn give_back(mut self) {
-        if let Some(window) = self.window.take() {
+        if let Some(window) = self.window.take().filter(|_| !self.in_a_child()) {
             let unsent = window.remainder(self.sent);
             self.buffer.end_flush(Some(unsent), None, false);
         }
     }
 
     fn finish(&mut self, now: Option<f64>) -> Option<Window> {
-        let window = self.window.take()?;
+        let window = self.window.take().filter(|_| !self.in_a_child())?;
         let all_sent = self.sent == window.emission_count();
         let unsent = (!all_sent).then(|| window.remainder(self.sent));
         drop(window);
@@ -133,7 +150,7 @@ impl<'a, L: Lock<State>> Emit<'a, L> {
 
 impl<L: Lock<State>> Drop for Emit<'_, L> {
     fn drop(&mut self) {
-        if let Some(window) = self.window.take() {
+        if let Some(window) = self.window.take().filter(|_| !self.in_a_child()) {
             // Not ended: give back what did not go out, failed or not, and end the role.
             self.buffer
                 .end_flush(Some(window.remainder(self.sent)), None, true);
@@ -344,6 +361,45 @@ mod tests {
                 dropped_samples: 0
             }
         );
+    }
+
+    #[test]
+    fn an_emit_that_a_fork_interrupts_sends_and_gives_back_nothing_in_the_child() {
+        let _alone = crate::fork::testing::exclusive();
+        let b = Buffer::new(1.0, 100, 0.0);
+        b.record(&[counter("a", 1), counter("b", 2), counter("c", 3)], None)
+            .unwrap();
+        let mut emit = take(&b);
+        let mut sent = Vec::new();
+        // The backend forks during its first call (as a backend that starts a helper process on
+        // first use does); from then on this is the child.
+        let result = emit.send(|e| {
+            sent.push(text(&e.key.name));
+            if sent.len() == 1 {
+                crate::after_fork_in_child();
+            }
+            Ok::<(), ()>(())
+        });
+        assert_eq!((result, sent), (Ok(()), vec!["a".to_owned()]));
+        assert!(emit.end(Some(2.0)).is_none());
+        // The child's buffer is empty, and usable: b and c are the parent's to send.
+        assert!(b.snapshot().is_empty());
+        b.record(&[counter("d", 4)], None).unwrap();
+        let mut emit = take(&b);
+        assert_eq!(
+            send_all(&mut emit),
+            vec![(Kind::Counter, "d".into(), Value::Int(4))]
+        );
+        assert!(emit.end(None).is_none());
+        // Given back or dropped in the child, an interrupted emit leaves nothing behind either.
+        b.record(&[counter("e", 5)], None).unwrap();
+        let emit = take(&b);
+        crate::after_fork_in_child();
+        emit.give_back();
+        let emit = take(&b);
+        crate::after_fork_in_child();
+        drop(emit);
+        assert!(b.snapshot().is_empty());
     }
 
     #[test]

@@ -11,6 +11,14 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 /// Bumped in a forked child, before any other thread exists there (see [`after_fork_in_child`]).
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
+/// The fork generation of this process: 0 in the original process, one more in each forked child
+/// (a value that belongs to one generation, such as an emit in progress, is the parent's in any
+/// other).
+#[inline]
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
 /// To call in the child right after `fork()`, before any other thread starts: every
 /// [`ForkLocal`] is renewed on its next use. Only bumps an atomic (async-signal-safe).
 pub fn after_fork_in_child() {
