@@ -159,7 +159,7 @@ impl MetricsBufferPy {
         *,
         frequency_sec=None,
         max_samples=None,
-        keyword_args=false,
+        keyword_args=None,
         failure_log_interval=None,
     ))]
     fn new(
@@ -167,10 +167,14 @@ impl MetricsBufferPy {
         metrics: Option<Bound<'_, PyAny>>,
         frequency_sec: Option<&Bound<'_, PyAny>>,
         max_samples: Option<&Bound<'_, PyAny>>,
-        keyword_args: bool,
+        keyword_args: Option<&Bound<'_, PyAny>>,
         failure_log_interval: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         const F: &str = "MetricsBuffer";
+        let keyword_args = match keyword_args.filter(|k| !k.is_none()) {
+            Some(k) => convert::boolean(F, "keyword_args", k)?,
+            None => false,
+        };
         let frequency = match frequency_sec {
             Some(f) => non_negative(F, "frequency_sec", convert::real(F, "frequency_sec", f)?)?,
             None => 1.0,

@@ -11,7 +11,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyString};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 
 use metrics_buffer::{Key, Value};
 
@@ -127,6 +127,18 @@ fn owned_text(s: &Bound<'_, PyString>) -> PyResult<OwnedText> {
     match PyBackedStr::try_from(s.clone()) {
         Ok(utf8) => Ok(OwnedText::Utf8(utf8)),
         Err(_) => encoded(s).map(OwnedText::Encoded),
+    }
+}
+
+/// A `bool` (and nothing else, not even an `int`).
+pub(crate) fn boolean(
+    function: &'static str,
+    arg: &'static str,
+    obj: &Bound<'_, PyAny>,
+) -> PyResult<bool> {
+    match obj.cast::<PyBool>() {
+        Ok(b) => Ok(b.is_true()),
+        Err(_) => Err(type_error(function, arg, "bool", obj)),
     }
 }
 

@@ -319,6 +319,8 @@ def test_delivery_callbacks_made_and_dropped_in_turn_add_to_the_same_keys(record
         ({"frequency_sec": "1"}, TypeError, r"'frequency_sec' must be a real number, not str"),
         ({"max_samples": -1}, ValueError, r"'max_samples' must be >= 0, not -1"),
         ({"max_samples": 1.5}, TypeError, r"'max_samples' must be int, not float"),
+        ({"keyword_args": "yes"}, TypeError, r"'keyword_args' must be bool, not str"),
+        ({"keyword_args": 1}, TypeError, r"'keyword_args' must be bool, not int"),
     ],
 )
 def test_bad_constructor_arguments(

@@ -62,7 +62,7 @@ class MetricsBuffer:
         *,
         frequency_sec: SupportsFloat | None = None,
         max_samples: int | None = None,
-        keyword_args: bool = False,
+        keyword_args: bool | None = None,
         failure_log_interval: SupportsFloat | None = None,
     ) -> MetricsBuffer:
         """``metrics`` is the backend (``None``: arroyo's ``get_metrics()`` now, which needs arroyo
