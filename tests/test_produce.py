@@ -300,6 +300,26 @@ def test_flush_has_emitted_what_it_delivered_when_it_returns(log: CallLog) -> No
     assert len(log.calls) == calls, "flushes that deliver nothing emit nothing"
 
 
+def test_a_flush_that_raises_has_emitted_what_it_delivered(log: CallLog) -> None:
+    """A user's delivery callback raising makes confluent-kafka's flush() raise, after the
+    deliveries it served: their metrics are emitted all the same."""
+    assert install() == TARGETS
+    producer = ConfluentProducer(dict(MOCK_CLUSTER, **{"client.id": "raising", "linger.ms": 50}))
+    called = [0]
+
+    def callback(error: Any, message: Any) -> None:
+        called[0] += 1
+        if called[0] == 60:
+            raise ValueError("a user callback")
+
+    for i in range(100):
+        producer.produce(TOPIC, b"%d" % i, partition=0, callback=callback)
+    with pytest.raises(ValueError, match="a user callback"):
+        producer.flush(30)
+    assert called[0] >= 60
+    assert log.statuses() == {"success": called[0]}
+
+
 def test_a_closed_kafka_producer_has_emitted_every_delivery_when_close_returns(log: CallLog) -> None:
     from arroyo.backends.kafka import KafkaPayload, KafkaProducer
     from arroyo.types import Topic

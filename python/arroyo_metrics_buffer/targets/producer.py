@@ -146,8 +146,9 @@ def flush_then_emit(original: Callable[..., Any], make: base.Make, bind: base.Bi
     delivery callbacks of every message still in flight on the calling thread: their metrics would
     wait for the next throttled flush, which a closed producer never makes (upstream loses them;
     here the exit hook emits them). So when that flush delivered anything, the metrics are emitted
-    once more before it returns. A flush that delivered nothing makes no second emission, so a loop
-    of ``flush(0)`` makes no more backend calls than arroyo's.
+    once more before it returns, or raises (a user's delivery callback that raises makes
+    confluent-kafka's flush raise, after the deliveries it served). A flush that delivered nothing
+    makes no second emission, so a loop of ``flush(0)`` makes no more backend calls than arroyo's.
     """
 
     @wraps(original)
@@ -155,10 +156,11 @@ def flush_then_emit(original: Callable[..., Any], make: base.Make, bind: base.Bi
         if base.native_of(self, make, bind) is None:
             return original(self, *args, **kwargs)
         before = DeliveryCallback.reports_on_this_thread()
-        remaining = original(self, *args, **kwargs)
-        if DeliveryCallback.reports_on_this_thread() != before:
-            getattr(self, FLUSH_METRICS)()
-        return remaining
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            if DeliveryCallback.reports_on_this_thread() != before:
+                getattr(self, FLUSH_METRICS)()
 
     return flush
 
