@@ -91,7 +91,7 @@ impl MetricsBufferPy {
     ) -> PyResult<()> {
         let name = convert::name(how.function, "metric", metric)?;
         let amount = match how.kind {
-            Kind::Counter => Value::Int(convert::int(how.function, how.amount, amount)?),
+            Kind::Counter => convert::delta(how.function, how.amount, amount)?,
             Kind::Timer | Kind::Sample => {
                 Value::Float(convert::real(how.function, how.amount, amount)?)
             }

@@ -155,6 +155,25 @@ pub(crate) fn int(
     ffi::int_value(int).ok_or_else(|| too_big(function, arg, obj))
 }
 
+/// A counter's delta: an `int` that fits an i64, or a `float`, which arroyo's `+=` also takes (the
+/// key's sum is then a float, as arroyo's becomes).
+#[inline(always)]
+pub(crate) fn delta(
+    function: &'static str,
+    arg: &'static str,
+    obj: &Bound<'_, PyAny>,
+) -> PyResult<Value> {
+    if let Ok(int) = obj.cast::<PyInt>() {
+        return ffi::int_value(int)
+            .map(Value::Int)
+            .ok_or_else(|| too_big(function, arg, obj));
+    }
+    match obj.cast::<PyFloat>() {
+        Ok(f) => Ok(Value::Float(f.value())),
+        Err(_) => Err(type_error(function, arg, "int or float", obj)),
+    }
+}
+
 #[cold]
 fn too_big(function: &'static str, arg: &'static str, obj: &Bound<'_, PyAny>) -> PyErr {
     let shown = gate::python(|| Ok(repr_of(obj))).unwrap_or_default();

@@ -467,3 +467,28 @@ def test_a_raising_clock_keeps_the_value_and_raises_as_in_stock(log: CallLog) ->
     assert emitted.total("timing", "arroyo.consumer.poll.time") == 0.5
     assert emitted.total("increment", "arroyo.consumer.run.count") == 2
     assert emitted.statuses() == {"success": 1}
+
+
+def run_with_float_deltas(log: CallLog) -> list[Any]:
+    buf = ArroyoMetricsBuffer()
+    buf.incr_counter("arroyo.consumer.run.count", 1)
+    buf.incr_counter("arroyo.consumer.run.count", 0.5)
+    buf.incr_counter("arroyo.consumer.pause", 2.5)
+    buf.incr_counter("arroyo.consumer.pause", 1)
+    buf.incr_timing("arroyo.consumer.poll.time", 2)
+    buf.flush()
+    return log.take().calls
+
+
+def test_float_deltas_and_int_durations_are_summed_and_emitted_as_in_stock(log: CallLog) -> None:
+    """arroyo's ``+=`` takes a float delta (the sum becomes a float) and an int duration (added to
+    a float sum): the same values, of the same types, reach the backend."""
+    stock = run_with_float_deltas(log)
+    assert install() == TARGETS
+    ours = run_with_float_deltas(log)
+    assert ours == stock
+    assert [(args, [type(a) for a in args]) for _, args, _ in ours] == [
+        (("arroyo.consumer.poll.time", 2.0), [str, float]),
+        (("arroyo.consumer.run.count", 1.5), [str, float]),
+        (("arroyo.consumer.pause", 3.5), [str, float]),
+    ]

@@ -101,8 +101,9 @@ class MetricsBuffer:
     def dropped_samples(self) -> int:
         """Samples dropped because ``max_samples`` were already held."""
 
-    def incr_counter(self, metric: str, delta: int, tags: Mapping[str, str] | None = None) -> None:
-        """Add ``delta`` to the counter; ``OverflowError`` if the sum would leave the int64 range."""
+    def incr_counter(self, metric: str, delta: int | float, tags: Mapping[str, str] | None = None) -> None:
+        """Add ``delta`` to the counter; ``OverflowError`` if a sum of ints would leave the int64
+        range. A float delta makes the counter's sum a float, as in arroyo."""
 
     def incr_timing(self, metric: str, duration: float | Real, tags: Mapping[str, str] | None = None) -> None:
         """Add ``duration`` to the timer."""
