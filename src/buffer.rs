@@ -365,10 +365,16 @@ impl MetricsBufferPy {
 
     fn __repr__(&self) -> String {
         let stats = self.shared.core.stats();
+        let frequency = self.shared.core.frequency();
+        // As Python writes a float: 1e+300, not three hundred digits.
+        let frequency = if frequency != 0.0 && !(1e-4..1e16).contains(&frequency) {
+            format!("{frequency:e}")
+        } else {
+            format!("{frequency}")
+        };
         format!(
-            "<MetricsBuffer pending={} frequency_sec={} flushes={} flush_errors={}>",
+            "<MetricsBuffer pending={} frequency_sec={frequency} flushes={} flush_errors={}>",
             self.shared.core.snapshot().len(),
-            self.shared.core.frequency(),
             stats.flushes,
             stats.flush_errors,
         )

@@ -132,6 +132,17 @@ def test_pending_and_statistics(recorder: Recorder) -> None:
     assert "pending=0" in repr(buf)
 
 
+@pytest.mark.parametrize(
+    ("frequency", "shown"), [(1, "1"), (0.25, "0.25"), (0, "0"), (1e300, "1e300"), (1e-5, "1e-5")]
+)
+def test_repr_shows_the_frequency_as_a_number_a_person_reads(
+    recorder: Recorder, frequency: float, shown: str
+) -> None:
+    assert repr(MetricsBuffer(recorder, frequency_sec=frequency)) == (
+        f"<MetricsBuffer pending=0 frequency_sec={shown} flushes=0 flush_errors=0>"
+    )
+
+
 def test_a_patched_time_time_drives_the_throttle(recorder: Recorder) -> None:
     with mock.patch("time.time", return_value=100.0) as clock:
         buf = MetricsBuffer(recorder, frequency_sec=1.0)
