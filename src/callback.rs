@@ -146,15 +146,15 @@ impl DeliveryCallbackPy {
                 "delivery callback missing required argument 'time_of_produce'",
             ));
         };
-        // The latency sample needs the clock `time.time()` reads, not a coarse one.
-        let produced = convert::seconds("DeliveryCallback.report", "time_of_produce", produced);
-        match produced.and_then(|produced| Ok((clock::now(py, false)?, produced))) {
-            Ok((now, produced)) => {
+        let produced = convert::seconds("DeliveryCallback.report", "time_of_produce", produced)?;
+        // The latency sample needs the clock `time.time()` reads, not a coarse one. A clock that
+        // raises (a test's mock): the count is kept and the error raised, as arroyo, which counts
+        // the delivery before it reads the clock, does.
+        match clock::now(py, false) {
+            Ok(now) => {
                 let sample = latency.add(Value::Float(now - produced));
                 buffer.record_at(py, &[counter, sample], Some(now))
             }
-            // As arroyo, which counts the delivery before it computes the latency: the count is
-            // kept, and the error raised.
             Err(error) => {
                 buffer.record_at(py, &[counter], None)?;
                 Err(error)
