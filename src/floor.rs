@@ -1,8 +1,12 @@
 //! What the bench measures each recording call against: methods with the same signatures as
-//! `MetricsBuffer.incr_counter` / `incr_timing` and `DeliveryCallback.report`, that do nothing.
+//! `MetricsBuffer.incr_counter` / `incr_timing` and `DeliveryCallback.report`, that do nothing; and
+//! `report` with the one clock read a latency sample needs.
 //! Reached as `MetricsBuffer._floor()`, for `bench` only.
 
 use pyo3::prelude::*;
+use pyo3::types::PyFloat;
+
+use crate::ffi;
 
 /// No-op twins of the recording methods.
 #[pyclass(name = "Floor", module = "arroyo_metrics_buffer._native", frozen)]
@@ -40,6 +44,23 @@ impl FloorPy {
         time_of_produce: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let _ = (error, time_of_produce);
+        Ok(())
+    }
+
+    /// `report`, and the one thing any callback that records arroyo's latency sample must do:
+    /// read the clock `time.time()` reads (CLOCK_REALTIME) and subtract `time_of_produce`.
+    #[pyo3(signature = (error, _message, time_of_produce=None))]
+    fn report_with_clock(
+        &self,
+        error: &Bound<'_, PyAny>,
+        _message: &Bound<'_, PyAny>,
+        time_of_produce: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let _ = error;
+        let produced = time_of_produce.and_then(|t| t.cast::<PyFloat>().ok().map(|t| t.value()));
+        if let (Some((seconds, nanos)), Some(produced)) = (ffi::realtime(false), produced) {
+            std::hint::black_box(seconds as f64 + nanos as f64 * 1e-9 - produced);
+        }
         Ok(())
     }
 }

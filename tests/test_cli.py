@@ -28,7 +28,7 @@ from arroyo_metrics_buffer.cli.demo_result import (
     split,
 )
 from arroyo_metrics_buffer.cli.progress import Progress
-from helpers import MOCK_CLUSTER, TARGETS, needs_kafka
+from helpers import MOCK_CLUSTER, TARGETS, needs_kafka, producer_has_latency
 
 
 def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -150,6 +150,9 @@ def test_bench_json() -> None:
     assert [f["floor"] is not None for f in figures] == [True] * 3 + [False] * 5
     assert all(f["floor_ratio"] == f["patched"] / f["floor"] for f in figures[:3])
     assert [sorted(f["targets"]) for f in figures] == [["floor", "stock"]] * 3 + [["stock"]] * 3 + [[]] * 2
+    # The callback's floor with the clock read its latency sample needs (arroyo 2.40.3+ only).
+    clock_floor = figures[2]["clock_floor"]
+    assert clock_floor > 0 if producer_has_latency() else clock_floor is None
 
 
 @needs_kafka
