@@ -91,6 +91,8 @@ struct Outcome {
     busy: usize,
     /// Whether every call into Python on other threads had returned by the deadline.
     idle: bool,
+    /// Whether a signal handler that raised (Ctrl-C) cut the hook's waits short.
+    interrupted: bool,
 }
 
 /// The backend calls pending at exit, made into Python objects a chunk at a time, and only as far
@@ -194,7 +196,8 @@ fn close(py: Python<'_>) {
         .bind(py);
     // Short GIL turns while the hook runs (see `_exit.quicken`); nothing it raises escapes.
     let previous = exit.call_method0(intern!(py, "quicken")).ok();
-    let settled = py.detach(|| gate::wait_idle(start + budget / 2));
+    let mut interrupted = false;
+    let settled = wait_idle(py, start + budget / 2, &mut interrupted);
     let (calls, busy) = drain(py);
     let mut outcome = Outcome {
         pending: calls.calls.len(),
@@ -202,25 +205,55 @@ fn close(py: Python<'_>) {
         ..Outcome::default()
     };
     // The helper's last chunk, and the hook's last steps (its one log line, the switch interval
-    // put back), must be done by the deadline: it stops a little before.
+    // put back), must be done by the deadline: it stops a little before. Interrupted: no time.
     let stop_at = deadline - (budget / 10).min(Duration::from_millis(200));
-    let left = stop_at.saturating_duration_since(Instant::now());
+    let left = match interrupted {
+        false => stop_at.saturating_duration_since(Instant::now()),
+        true => Duration::ZERO,
+    };
     let emitted = Py::new(py, calls).and_then(|calls| {
         let result = exit.call_method1(intern!(py, "emit"), (&calls, left.as_secs_f64()));
         calls.get().stop();
-        result?.extract::<(usize, usize, usize, Option<String>)>()
+        result?.extract::<(usize, usize, usize, Option<String>, bool)>()
     });
     match emitted {
-        Ok((started, emitted, raised, first_error)) => {
+        Ok((started, emitted, raised, first_error, interrupted_now)) => {
             (outcome.started, outcome.emitted) = (started, emitted);
             (outcome.raised, outcome.first_error) = (raised, first_error);
+            interrupted |= interrupted_now;
         }
         Err(e) => outcome.first_error = Some(report::describe(py, &e)),
     }
-    outcome.idle = settled && py.detach(|| gate::wait_idle(deadline));
+    // Interrupted: only a look at whether the other threads' calls have returned, no wait.
+    let until = if interrupted {
+        Instant::now()
+    } else {
+        deadline
+    };
+    outcome.idle = settled && wait_idle(py, until, &mut interrupted);
+    outcome.interrupted = interrupted;
     report(py, &outcome, budget, invalid.as_deref());
     if let Some(previous) = previous {
         let _ = exit.call_method1(intern!(py, "restore"), (previous,));
+    }
+}
+
+/// Waits, in short steps without the GIL, until no call into Python is in progress on another
+/// thread (see [`gate::wait_idle`]), or until `deadline`; whether it got there. Between the steps,
+/// the signal handlers run: one that raises (Ctrl-C) ends the wait, and sets `interrupted`.
+fn wait_idle(py: Python<'_>, deadline: Instant, interrupted: &mut bool) -> bool {
+    loop {
+        let step = (Instant::now() + Duration::from_millis(50)).min(deadline);
+        if py.detach(|| gate::wait_idle(step)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        if py.check_signals().is_err() {
+            *interrupted = true;
+            return false;
+        }
     }
 }
 
@@ -240,10 +273,18 @@ fn report(py: Python<'_>, o: &Outcome, budget: Duration, invalid: Option<&str>) 
         let error = o.first_error.as_deref().unwrap_or("?");
         parts.push(format!("{} raised (the first: {error})", o.raised));
     }
-    if in_progress > 0 {
+    if in_progress > 0 && o.interrupted {
+        parts.push(format!(
+            "{in_progress} still in progress when a signal (Ctrl-C) ended the wait"
+        ));
+    } else if in_progress > 0 {
         parts.push(format!("{in_progress} still in progress at the deadline"));
     }
-    if dropped > 0 {
+    if dropped > 0 && o.interrupted {
+        parts.push(format!(
+            "{dropped} dropped: a signal (Ctrl-C) ended the wait for them"
+        ));
+    } else if dropped > 0 {
         parts.push(format!(
             "{dropped} dropped: not emitted within the {} s exit budget ({BUDGET_VARIABLE})",
             budget.as_secs_f64()
@@ -257,11 +298,14 @@ fn report(py: Python<'_>, o: &Outcome, budget: Duration, invalid: Option<&str>) 
         ));
     }
     if !o.idle {
-        parts.push(
+        let when = match o.interrupted {
+            true => "when a signal (Ctrl-C) ended the wait",
+            false => "by the deadline",
+        };
+        parts.push(format!(
             "a call into Python from another thread (a metrics backend call, most likely) had \
-             not returned by the deadline"
-                .to_owned(),
-        );
+             not returned {when}"
+        ));
     }
     if refused > 0 {
         parts.push(format!(

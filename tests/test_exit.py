@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -813,6 +814,68 @@ def test_a_budget_out_of_range_is_named_and_the_default_used(given: str) -> None
             f'ARROYO_METRICS_BUFFER_EXIT_TIMEOUT="{given}" is not a number of seconds, so the default 2 s was used'
         )
         assert run.exit_counts() == (4, 4, 0)
+
+
+#: A buffer whose backend blocks for good, holding five calls: the exit emission's first call
+#: blocks, and the hook waits for it.
+BLOCKED_EMISSION = """
+import time
+from arroyo_metrics_buffer import MetricsBuffer
+
+class Sleepy:
+    def increment(self, name, value=1, tags=None):
+        time.sleep(60)
+
+    timing = increment
+
+buffer = MetricsBuffer(Sleepy(), frequency_sec=3600)
+for i in range(5):
+    buffer.incr_counter(f"c{i}", 1)
+"""
+
+CTRL_C = {
+    # in the hook's first wait, for the backend call in progress on another thread
+    "waiting for another thread": (
+        BLOCKED_BACKEND,
+        "at exit: 0 of 1 pending metric call(s) emitted; 1 dropped: a signal (Ctrl-C) ended the wait"
+        " for them; 1 buffer(s) were being emitted by another thread, and what it had not sent was"
+        " dropped; a call into Python from another thread (a metrics backend call, most likely) had"
+        " not returned when a signal (Ctrl-C) ended the wait\n",
+    ),
+    # in the hook's wait for its own emission
+    "waiting for the emission": (
+        BLOCKED_EMISSION,
+        "at exit: 0 of 5 pending metric call(s) emitted; 1 still in progress when a signal (Ctrl-C)"
+        " ended the wait; 4 dropped: a signal (Ctrl-C) ended the wait for them\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", CTRL_C)
+def test_ctrl_c_during_the_exit_budget_ends_the_wait_at_once(shape: str) -> None:
+    """SIGINT while the hook waits for a blocked backend (with a 30 s budget): the wait ends at
+    once, the exit line says why the values were dropped, and the process exits with its status."""
+    script, line = CTRL_C[shape]
+    env = {**os.environ, "ARROYO_METRICS_BUFFER_EXIT_TIMEOUT": "30"}
+    for _ in range(3):
+        child = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(script) + RETURNED],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert child.stderr is not None
+        seen = []
+        while not (given := child.stderr.readline()).startswith("RETURNED"):
+            assert given, "".join(seen)
+            seen.append(given)
+        time.sleep(0.3)  # in the hook's wait for the blocked backend
+        child.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        _, err = child.communicate(timeout=RUN_TIMEOUT)
+        assert (child.returncode, time.monotonic() - interrupted < SLACK) == (0, True), err[-3000:]
+        assert err.endswith(line), err[-3000:]
 
 
 #: A backend that forks on its first call, made by the exit hook's emission: the child goes on in

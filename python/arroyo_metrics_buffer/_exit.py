@@ -108,13 +108,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_stop_in_a_child)
 
 
-def emit(calls: Calls, timeout: float) -> tuple[int, int, int, str | None]:
+def emit(calls: Calls, timeout: float) -> tuple[int, int, int, str | None, bool]:
     """Makes `calls` in order on a daemon thread, and waits up to `timeout` seconds for it: then
     that thread starts no further call. Returns how many calls were started, how many of those
-    returned and how many raised (the difference was still in progress), and the first error."""
+    returned and how many raised (the difference was still in progress), the first error, and
+    whether a signal handler that raised (Ctrl-C) ended the wait."""
     emission = _Emission(calls)
     _running.append(emission)
-    if len(calls):
+    interrupted = False
+    if len(calls) and timeout > 0:  # no time left (Ctrl-C already ended the hook's wait): start none
         deadline = time.monotonic() + timeout
         thread = threading.Thread(target=emission.run, name="arroyo_metrics_buffer: exit", daemon=True)
         try:
@@ -123,8 +125,10 @@ def emit(calls: Calls, timeout: float) -> tuple[int, int, int, str | None]:
             # once, whichever thread the signal was delivered to.
             while thread.is_alive() and (left := deadline - time.monotonic()) > 0:
                 thread.join(min(left, 0.05))
-        except BaseException:  # KeyboardInterrupt while waiting, or no thread to be had: stop now
+        except Exception:  # no thread to be had: stop now
             pass
+        except BaseException:  # a signal handler raised while waiting (Ctrl-C): stop now
+            interrupted = True
         emission.stop = True
         calls.stop()
-    return emission.attempted, emission.made, emission.raised, emission.first_error
+    return emission.attempted, emission.made, emission.raised, emission.first_error, interrupted
