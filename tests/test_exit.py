@@ -833,6 +833,10 @@ for i in range(5):
     buffer.incr_counter(f"c{i}", 1)
 """
 
+#: Python leaves SIGINT ignored if it was when it started (as in a shell's background job, where
+#: a CI runner may start the tests): Ctrl-C raising KeyboardInterrupt, as at a terminal.
+CTRL_C_RAISES = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
 CTRL_C = {
     # in the hook's first wait, for the backend call in progress on another thread
     "waiting for another thread": (
@@ -859,7 +863,7 @@ def test_ctrl_c_during_the_exit_budget_ends_the_wait_at_once(shape: str) -> None
     env = {**os.environ, "ARROYO_METRICS_BUFFER_EXIT_TIMEOUT": "30"}
     for _ in range(3):
         child = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(script) + RETURNED],
+            [sys.executable, "-c", CTRL_C_RAISES + textwrap.dedent(script) + RETURNED],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
