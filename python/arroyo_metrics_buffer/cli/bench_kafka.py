@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .._native import MetricsBuffer as NativeBuffer
 from .._patch import install, uninstall
 from ..targets.base import BUFFER_ATTR
 from .kafka import MockCluster, MockClusterProcess
@@ -92,15 +93,31 @@ def fill_topic(cluster: MockCluster | MockClusterProcess, topic: str, messages: 
     assert producer.flush(60) == 0
 
 
+class FloorBuffer:
+    """A StreamProcessor's metrics buffer that records nothing: its recording calls are the native
+    no-op methods (`MetricsBuffer._floor()`), so that a consumer with it shows what a message costs
+    without any metrics bookkeeping, the floor that no buffer can go below."""
+
+    def __init__(self, metrics: Any) -> None:
+        floor = NativeBuffer._floor()
+        self.metrics = metrics
+        self.incr_counter = floor.incr_counter
+        self.incr_timing = floor.incr_timing
+
+    def flush(self) -> None:
+        pass
+
+
 def consume(
-    cluster: MockClusterProcess, topic: str, messages: int, measured: list[float]
+    cluster: MockClusterProcess, topic: str, messages: int, measured: list[float], floor: bool = False
 ) -> tuple[float, Any]:
     """A StreamProcessor consuming `messages` messages of `topic` from the start (a group of its
     own) through a transform and then CommitOffsets, run until it has seen them all. Returns its
     messages/s (wall clock), the processor, and appends the process's CPU time per message over
     all threads, in microseconds, to `measured`. Both are measured from the first message to the
     last: joining the group and shutting down take seconds of their own, which vary from round to
-    round and have nothing to do with a message."""
+    round and have nothing to do with a message. With `floor`, the processor's metrics buffer is
+    a `FloorBuffer`."""
     from arroyo.backends.kafka import KafkaConsumer, KafkaPayload
     from arroyo.backends.kafka.configuration import build_kafka_consumer_configuration
     from arroyo.processing.processor import StreamProcessor
@@ -131,6 +148,10 @@ def consume(
         )
     )
     processor = StreamProcessor(consumer, Topic(topic), Factory())
+    if floor:
+        from arroyo.utils.metrics import get_metrics
+
+        processor._StreamProcessor__metrics_buffer = FloorBuffer(get_metrics())  # type: ignore[attr-defined]
     processor.run()
     assert seen[0] == messages and len(marks) == 2, f"{seen[0]} of {messages} consumed"
     (cpu_first, first), (cpu_last, last) = marks
@@ -165,24 +186,30 @@ def consumer_rounds(
     messages: int,
     alternate: Callable[..., tuple[float, ...]],
 ) -> list[dict[str, Any]]:
-    cpu: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[str, list[float]] = {"stock": [], "patched": [], "floor": []}
 
-    def side(patched: bool) -> Callable[[], float]:
+    def side(name: str) -> Callable[[], float]:
         def run() -> float:
-            rate, processor = consume(cluster, topic, messages, cpu[patched])
+            rate, processor = consume(cluster, topic, messages, cpu[name], floor=name == "floor")
             buffer = processor._StreamProcessor__metrics_buffer
-            if (getattr(buffer, BUFFER_ATTR, None) is not None) != patched:
-                raise RuntimeError("bench: a consumer round ran with the wrong metrics buffer")
+            patched = getattr(buffer, BUFFER_ATTR, None) is not None
+            kind = "floor" if isinstance(buffer, FloorBuffer) else "patched" if patched else "stock"
+            if kind != name:
+                raise RuntimeError(f"bench: a {name} consumer round ran with a {kind} metrics buffer")
             return rate
 
         return run
 
-    s, p = alternate(side(False), side(True), rounds)
+    s, p, f = alternate(side("stock"), side("patched"), rounds, floor=side("floor"))
     # The warm-up runs of alternate() are not measured figures.
-    cpu_stock, cpu_patched = statistics.median(cpu[False][1:]), statistics.median(cpu[True][1:])
+    cpu_stock, cpu_patched, cpu_floor = (
+        statistics.median(cpu[name][1:]) for name in ("stock", "patched", "floor")
+    )
     return [
-        figure("consumer on the mock cluster, msg/s", "messages/s", s, p),
-        figure("consumer on the mock cluster, CPU per message", "us/message", cpu_stock, cpu_patched),
+        figure("consumer on the mock cluster, msg/s", "messages/s", s, p, f),
+        figure(
+            "consumer on the mock cluster, CPU per message", "us/message", cpu_stock, cpu_patched, cpu_floor
+        ),
     ]
 
 
