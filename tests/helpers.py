@@ -146,6 +146,16 @@ def backend(log: Any) -> Iterator[Any]:
         arroyo_metrics._metrics_backend = old
 
 
+def clock_moved() -> None:
+    """Returns once `time.time()` reads later than when called, so that a buffer with
+    `frequency_sec=0` made or flushed before the call finds its throttle due at its next reading,
+    whatever the clock's resolution (a float of seconds since 1970 moves in steps of 238 ns).
+    The real clock, with no Python code in its place: for tests where that matters."""
+    start = time.time()
+    while time.time() <= start:
+        pass
+
+
 class FakeClock:
     """A `time.time` replacement that only moves when told to."""
 

@@ -13,7 +13,7 @@ from unittest import mock
 import pytest
 
 from arroyo_metrics_buffer import MetricsBuffer
-from helpers import BackendError, FakeClock, Recorder
+from helpers import BackendError, FakeClock, Recorder, clock_moved
 
 LOGGER = "arroyo_metrics_buffer"
 I64_MAX = 2**63 - 1
@@ -255,7 +255,9 @@ def test_no_recursion_error_escapes_at_any_headroom(start: str, fail: Any) -> No
     for headroom in range(40):
         backend = Broken(raise_recursion_error if fail == "raise" else fail)
         buf = MetricsBuffer(backend, frequency_sec=0)
+        clock_moved()
         buf.incr_counter("c", 4)  # fails: frequency_sec=0
+        clock_moved()
         flush = FLUSH_STARTS[start]
         old = sys.getrecursionlimit()
         lower_recursion_limit(headroom)
