@@ -91,8 +91,9 @@ struct Outcome {
     busy: usize,
     /// Whether every call into Python on other threads had returned by the deadline.
     idle: bool,
-    /// Whether a signal handler that raised (Ctrl-C) cut the hook's waits short.
-    interrupted: bool,
+    /// What a signal handler raised (KeyboardInterrupt for Ctrl-C) that cut the hook's waits
+    /// short, if one did.
+    interrupted: Option<String>,
 }
 
 /// The backend calls pending at exit, made into Python objects a chunk at a time, and only as far
@@ -196,7 +197,7 @@ fn close(py: Python<'_>) {
         .bind(py);
     // Short GIL turns while the hook runs (see `_exit.quicken`); nothing it raises escapes.
     let previous = exit.call_method0(intern!(py, "quicken")).ok();
-    let mut interrupted = false;
+    let mut interrupted = None;
     let settled = wait_idle(py, start + budget / 2, &mut interrupted);
     let (calls, busy) = drain(py);
     let mut outcome = Outcome {
@@ -208,24 +209,24 @@ fn close(py: Python<'_>) {
     // put back), must be done by the deadline: it stops a little before. Interrupted: no time.
     let stop_at = deadline - (budget / 10).min(Duration::from_millis(200));
     let left = match interrupted {
-        false => stop_at.saturating_duration_since(Instant::now()),
-        true => Duration::ZERO,
+        None => stop_at.saturating_duration_since(Instant::now()),
+        Some(_) => Duration::ZERO,
     };
     let emitted = Py::new(py, calls).and_then(|calls| {
         let result = exit.call_method1(intern!(py, "emit"), (&calls, left.as_secs_f64()));
         calls.get().stop();
-        result?.extract::<(usize, usize, usize, Option<String>, bool)>()
+        result?.extract::<(usize, usize, usize, Option<String>, Option<String>)>()
     });
     match emitted {
         Ok((started, emitted, raised, first_error, interrupted_now)) => {
             (outcome.started, outcome.emitted) = (started, emitted);
             (outcome.raised, outcome.first_error) = (raised, first_error);
-            interrupted |= interrupted_now;
+            interrupted = interrupted.or(interrupted_now);
         }
         Err(e) => outcome.first_error = Some(report::describe(py, &e)),
     }
     // Interrupted: only a look at whether the other threads' calls have returned, no wait.
-    let until = if interrupted {
+    let until = if interrupted.is_some() {
         Instant::now()
     } else {
         deadline
@@ -240,8 +241,9 @@ fn close(py: Python<'_>) {
 
 /// Waits, in short steps without the GIL, until no call into Python is in progress on another
 /// thread (see [`gate::wait_idle`]), or until `deadline`; whether it got there. Between the steps,
-/// the signal handlers run: one that raises (Ctrl-C) ends the wait, and sets `interrupted`.
-fn wait_idle(py: Python<'_>, deadline: Instant, interrupted: &mut bool) -> bool {
+/// the signal handlers run: one that raises (Ctrl-C) ends the wait, and `interrupted` says what
+/// it raised.
+fn wait_idle(py: Python<'_>, deadline: Instant, interrupted: &mut Option<String>) -> bool {
     loop {
         let step = (Instant::now() + Duration::from_millis(50)).min(deadline);
         if py.detach(|| gate::wait_idle(step)) {
@@ -250,8 +252,8 @@ fn wait_idle(py: Python<'_>, deadline: Instant, interrupted: &mut bool) -> bool 
         if Instant::now() >= deadline {
             return false;
         }
-        if py.check_signals().is_err() {
-            *interrupted = true;
+        if let Err(e) = py.check_signals() {
+            *interrupted = Some(report::type_name(py, &e));
             return false;
         }
     }
@@ -273,17 +275,18 @@ fn report(py: Python<'_>, o: &Outcome, budget: Duration, invalid: Option<&str>) 
         let error = o.first_error.as_deref().unwrap_or("?");
         parts.push(format!("{} raised (the first: {error})", o.raised));
     }
-    if in_progress > 0 && o.interrupted {
-        parts.push(format!(
-            "{in_progress} still in progress when a signal (Ctrl-C) ended the wait"
-        ));
+    // A signal whose handler raised (Ctrl-C: KeyboardInterrupt) ends the waits at once.
+    let signal = o
+        .interrupted
+        .as_ref()
+        .map(|raised| format!("a signal ended the wait (its handler raised {raised})"));
+    if let (true, Some(signal)) = (in_progress > 0, &signal) {
+        parts.push(format!("{in_progress} still in progress when {signal}"));
     } else if in_progress > 0 {
         parts.push(format!("{in_progress} still in progress at the deadline"));
     }
-    if dropped > 0 && o.interrupted {
-        parts.push(format!(
-            "{dropped} dropped: a signal (Ctrl-C) ended the wait for them"
-        ));
+    if let (true, Some(signal)) = (dropped > 0, &signal) {
+        parts.push(format!("{dropped} dropped: {signal}"));
     } else if dropped > 0 {
         parts.push(format!(
             "{dropped} dropped: not emitted within the {} s exit budget ({BUDGET_VARIABLE})",
@@ -298,9 +301,9 @@ fn report(py: Python<'_>, o: &Outcome, budget: Duration, invalid: Option<&str>) 
         ));
     }
     if !o.idle {
-        let when = match o.interrupted {
-            true => "when a signal (Ctrl-C) ended the wait",
-            false => "by the deadline",
+        let when = match &signal {
+            Some(signal) => format!("when {signal}"),
+            None => "by the deadline".to_owned(),
         };
         parts.push(format!(
             "a call into Python from another thread (a metrics backend call, most likely) had \

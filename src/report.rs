@@ -175,12 +175,16 @@ fn traceback(py: Python<'_>, err: &PyErr) -> String {
 
 /// "Type: message" without the traceback. Unlike `PyErr`'s `Display`, it cannot fail.
 pub(crate) fn describe(py: Python<'_>, err: &PyErr) -> String {
-    let name = err
-        .get_type(py)
-        .qualname()
-        .map_or_else(|_| "<exception>".to_owned(), |n| n.to_string());
+    let name = type_name(py, err);
     match err.value(py).str() {
         Ok(message) => format!("{name}: {}", message.to_string_lossy()),
         Err(_) => format!("{name}: <str() failed>"),
     }
+}
+
+/// The name of `err`'s type (`KeyboardInterrupt`).
+pub(crate) fn type_name(py: Python<'_>, err: &PyErr) -> String {
+    err.get_type(py)
+        .qualname()
+        .map_or_else(|_| "<exception>".to_owned(), |n| n.to_string())
 }

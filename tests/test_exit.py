@@ -841,24 +841,34 @@ CTRL_C = {
     # in the hook's first wait, for the backend call in progress on another thread
     "waiting for another thread": (
         BLOCKED_BACKEND,
-        "at exit: 0 of 1 pending metric call(s) emitted; 1 dropped: a signal (Ctrl-C) ended the wait"
-        " for them; 1 buffer(s) were being emitted by another thread, and what it had not sent was"
+        "at exit: 0 of 1 pending metric call(s) emitted; 1 dropped: a signal ended the wait (its handler"
+        " raised KeyboardInterrupt); 1 buffer(s) were being emitted by another thread, and what it had not sent was"
         " dropped; a call into Python from another thread (a metrics backend call, most likely) had"
-        " not returned when a signal (Ctrl-C) ended the wait\n",
+        " not returned when a signal ended the wait (its handler raised KeyboardInterrupt)\n",
     ),
     # in the hook's wait for its own emission
     "waiting for the emission": (
         BLOCKED_EMISSION,
-        "at exit: 0 of 5 pending metric call(s) emitted; 1 still in progress when a signal (Ctrl-C)"
-        " ended the wait; 4 dropped: a signal (Ctrl-C) ended the wait for them\n",
+        "at exit: 0 of 5 pending metric call(s) emitted; 1 still in progress when a signal ended the"
+        " wait (its handler raised KeyboardInterrupt); 4 dropped: a signal ended the wait (its handler"
+        " raised KeyboardInterrupt)\n",
+    ),
+    # any signal whose handler raises, here SIGTERM's calling sys.exit (which cannot change the
+    # status once exit has begun)
+    "SIGTERM handler calling sys.exit": (
+        "import sys\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(7))\n" + BLOCKED_EMISSION,
+        "at exit: 0 of 5 pending metric call(s) emitted; 1 still in progress when a signal ended the"
+        " wait (its handler raised SystemExit); 4 dropped: a signal ended the wait (its handler"
+        " raised SystemExit)\n",
     ),
 }
 
 
 @pytest.mark.parametrize("shape", CTRL_C)
 def test_ctrl_c_during_the_exit_budget_ends_the_wait_at_once(shape: str) -> None:
-    """SIGINT while the hook waits for a blocked backend (with a 30 s budget): the wait ends at
-    once, the exit line says why the values were dropped, and the process exits with its status."""
+    """Ctrl-C (or any signal whose handler raises) while the hook waits for a blocked backend,
+    with a 30 s budget: the wait ends at once, the exit line says why the values were dropped and
+    what the handler raised, and the process exits with its status."""
     script, line = CTRL_C[shape]
     env = {**os.environ, "ARROYO_METRICS_BUFFER_EXIT_TIMEOUT": "30"}
     for _ in range(3):
@@ -875,7 +885,7 @@ def test_ctrl_c_during_the_exit_budget_ends_the_wait_at_once(shape: str) -> None
             assert given, "".join(seen)
             seen.append(given)
         time.sleep(0.3)  # in the hook's wait for the blocked backend
-        child.send_signal(signal.SIGINT)
+        child.send_signal(signal.SIGTERM if "SIGTERM" in shape else signal.SIGINT)
         interrupted = time.monotonic()
         _, err = child.communicate(timeout=RUN_TIMEOUT)
         assert (child.returncode, time.monotonic() - interrupted < SLACK) == (0, True), err[-3000:]

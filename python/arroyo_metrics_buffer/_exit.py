@@ -108,14 +108,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_stop_in_a_child)
 
 
-def emit(calls: Calls, timeout: float) -> tuple[int, int, int, str | None, bool]:
+def emit(calls: Calls, timeout: float) -> tuple[int, int, int, str | None, str | None]:
     """Makes `calls` in order on a daemon thread, and waits up to `timeout` seconds for it: then
     that thread starts no further call. Returns how many calls were started, how many of those
     returned and how many raised (the difference was still in progress), the first error, and
-    whether a signal handler that raised (Ctrl-C) ended the wait."""
+    what a signal handler raised (KeyboardInterrupt for Ctrl-C) that ended the wait, if one did."""
     emission = _Emission(calls)
     _running.append(emission)
-    interrupted = False
+    interrupted: str | None = None
     if len(calls) and timeout > 0:  # no time left (Ctrl-C already ended the hook's wait): start none
         deadline = time.monotonic() + timeout
         thread = threading.Thread(target=emission.run, name="arroyo_metrics_buffer: exit", daemon=True)
@@ -127,8 +127,8 @@ def emit(calls: Calls, timeout: float) -> tuple[int, int, int, str | None, bool]
                 thread.join(min(left, 0.05))
         except Exception:  # no thread to be had: stop now
             pass
-        except BaseException:  # a signal handler raised while waiting (Ctrl-C): stop now
-            interrupted = True
+        except BaseException as e:  # a signal handler raised while waiting (Ctrl-C): stop now
+            interrupted = type(e).__qualname__
         emission.stop = True
         calls.stop()
     return emission.attempted, emission.made, emission.raised, emission.first_error, interrupted
