@@ -137,9 +137,7 @@ impl DeliveryCallbackPy {
         let buffer = &self.buffer.get().shared;
         let counter = status.add(Value::Int(1));
         let Some(latency) = &self.latency else {
-            let now = clock::now(py, buffer.coarse_clock());
-            buffer.record_at(py, &[counter], now.as_ref().ok().copied())?;
-            return now.map(drop);
+            return buffer.record(py, &[counter]);
         };
         let Some(produced) = time_of_produce else {
             return Err(PyTypeError::new_err(

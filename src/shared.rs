@@ -18,12 +18,27 @@ impl Shared {
     /// Whether a reading that only feeds the throttle may come from the coarse clock (see
     /// [`clock::now`]): when the throttle is long enough for a timer tick not to matter.
     #[inline]
-    pub(crate) fn coarse_clock(&self) -> bool {
+    fn coarse_clock(&self) -> bool {
         self.core.frequency() >= clock::COARSE_FROM
     }
 }
 
 impl Shared {
+    /// Applies `adds` with the throttle at the clock's reading now (see [`Shared::coarse_clock`]),
+    /// and emits if this call won the flush. A clock that raises (a test's replacement of
+    /// `time.time`): the values are kept and the error raised, as arroyo, which adds a value
+    /// before it reads the clock, does.
+    #[inline(always)]
+    pub(crate) fn record<S: AsRef<[u8]>>(
+        &self,
+        py: Python<'_>,
+        adds: &[Add<'_, S>],
+    ) -> PyResult<()> {
+        let now = clock::now(py, self.coarse_clock());
+        self.record_at(py, adds, now.as_ref().ok().copied())?;
+        now.map(drop)
+    }
+
     /// Applies `adds` with the throttle at clock reading `now` (none: no throttle), and emits if
     /// this call won the flush (and calls into Python may start: see [`gate::enter`]).
     pub(crate) fn record_at<S: AsRef<[u8]>>(
