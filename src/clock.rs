@@ -130,7 +130,7 @@ mod watch {
 /// with `coarse`, its coarse variant (see [`ffi::realtime`]), for a throttle only, where a
 /// multiplication does instead of the division's exact rounding.
 #[inline]
-fn realtime(coarse: bool) -> Option<f64> {
+pub(crate) fn realtime(coarse: bool) -> Option<f64> {
     let (secs, nanos) = ffi::realtime(coarse)?;
     Some(if coarse {
         secs as f64 + nanos as f64 * 1e-9

@@ -6,7 +6,7 @@
 use pyo3::prelude::*;
 use pyo3::types::PyFloat;
 
-use crate::ffi;
+use crate::clock;
 
 /// No-op twins of the recording methods.
 #[pyclass(name = "Floor", module = "arroyo_metrics_buffer._native", frozen)]
@@ -48,7 +48,8 @@ impl FloorPy {
     }
 
     /// `report`, and the one thing any callback that records arroyo's latency sample must do:
-    /// read the clock `time.time()` reads (CLOCK_REALTIME) and subtract `time_of_produce`.
+    /// read the clock `time.time()` reads (CLOCK_REALTIME, converted as the callback converts it)
+    /// and subtract `time_of_produce`.
     #[pyo3(signature = (error, _message, time_of_produce=None))]
     fn report_with_clock(
         &self,
@@ -58,8 +59,8 @@ impl FloorPy {
     ) -> PyResult<()> {
         let _ = error;
         let produced = time_of_produce.and_then(|t| t.cast::<PyFloat>().ok().map(|t| t.value()));
-        if let (Some((seconds, nanos)), Some(produced)) = (ffi::realtime(false), produced) {
-            std::hint::black_box(seconds as f64 + nanos as f64 * 1e-9 - produced);
+        if let (Some(now), Some(produced)) = (clock::realtime(false), produced) {
+            std::hint::black_box(now - produced);
         }
         Ok(())
     }
