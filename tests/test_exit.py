@@ -393,10 +393,8 @@ def test_exit_with_ten_busy_threads_and_a_million_calls_pending_keeps_the_budget
         assert dropped > 0, run.exit_line()  # far more was pending than 2 s could emit
 
 
-#: A daemon thread is inside a backend call that sleeps for a minute, and another buffer holds a
-#: value, when the main thread returns.
-BLOCKED_BACKEND = """
-import threading
+#: A backend whose every call sleeps for a minute.
+SLEEPY_BACKEND = """
 import time
 from arroyo_metrics_buffer import MetricsBuffer
 
@@ -405,6 +403,14 @@ class Sleepy:
         time.sleep(60)
 
     timing = increment
+"""
+
+#: A daemon thread is inside a backend call that sleeps for a minute, and another buffer holds a
+#: value, when the main thread returns.
+BLOCKED_BACKEND = (
+    SLEEPY_BACKEND
+    + """
+import threading
 
 busy = MetricsBuffer(Sleepy(), frequency_sec=3600)
 waiting = MetricsBuffer(Sleepy(), frequency_sec=3600)
@@ -420,6 +426,7 @@ threading.Thread(target=emit, daemon=True).start()
 inside.wait()
 time.sleep(0.1)
 """
+)
 
 
 @pytest.mark.lifecycle
@@ -818,20 +825,14 @@ def test_a_budget_out_of_range_is_named_and_the_default_used(given: str) -> None
 
 #: A buffer whose backend blocks for good, holding five calls: the exit emission's first call
 #: blocks, and the hook waits for it.
-BLOCKED_EMISSION = """
-import time
-from arroyo_metrics_buffer import MetricsBuffer
-
-class Sleepy:
-    def increment(self, name, value=1, tags=None):
-        time.sleep(60)
-
-    timing = increment
-
+BLOCKED_EMISSION = (
+    SLEEPY_BACKEND
+    + """
 buffer = MetricsBuffer(Sleepy(), frequency_sec=3600)
 for i in range(5):
     buffer.incr_counter(f"c{i}", 1)
 """
+)
 
 #: Python leaves SIGINT ignored if it was when it started (as in a shell's background job, where
 #: a CI runner may start the tests): Ctrl-C raising KeyboardInterrupt, as at a terminal.
