@@ -12,6 +12,7 @@ mod ffi;
 mod floor;
 mod gate;
 mod locked;
+mod names;
 mod report;
 mod shared;
 

@@ -639,6 +639,73 @@ def test_the_clock_is_not_fooled_by_a_read_between_the_watcher_and_the_change(re
     assert len(seen_in_hook) >= 2  # it did read the clock inside the changes
 
 
+def test_a_name_used_again_is_held_and_found_by_its_object(recorder: Recorder) -> None:
+    """An untagged name's str object is kept by the buffer from its second use (and found again by
+    identity); whatever finds a key, each value lands on it once."""
+    buf = MetricsBuffer(recorder, frequency_sec=3600)
+    name = "".join(["arroyo.", "held"])  # an object of its own, shared with no constant
+    count = sys.getrefcount(name)
+    buf.incr_counter(name, 1)
+    assert sys.getrefcount(name) == count  # seen once: not kept
+    buf.incr_counter(name, 2)
+    assert sys.getrefcount(name) == count + 1  # seen twice: kept
+    buf.incr_counter(name, 4)  # found by its object
+    buf.incr_counter("".join(["arroyo.", "held"]), 8)  # the same text in another object
+    buf.incr_counter(name, 16, {"k": "v"})
+    for duration in (0.5, 0.25, 0.125):
+        buf.incr_timing(name, duration)
+        buf.record_timing(name, duration)
+
+    class Text(str):
+        pass
+
+    sub = Text(name)
+    sub_count = sys.getrefcount(sub)
+    for _ in range(3):
+        buf.incr_counter(sub, 32)
+    assert sys.getrefcount(sub) == sub_count  # only str itself is kept
+    assert buf.pending() == [
+        ("timer", name, None, 0.875, 3),
+        ("counter", name, None, 111, 7),
+        ("counter", name, {"k": "v"}, 16, 1),
+        ("sample", name, None, 0.875, 3),
+    ]
+    buf.flush()
+    buf.incr_counter(name, 64)  # the next window
+    buf.flush()
+    assert recorder.calls == [
+        ("timing", name, 0.875, None),
+        ("increment", name, 111, None),
+        ("increment", name, 16, {"k": "v"}),
+        ("timing", name, 0.5, None),
+        ("timing", name, 0.25, None),
+        ("timing", name, 0.125, None),
+        ("increment", name, 64, None),
+    ]
+    del buf
+    gc.collect()
+    assert sys.getrefcount(name) == count
+
+
+def test_two_names_used_by_turns_are_both_held(recorder: Recorder) -> None:
+    buf = MetricsBuffer(recorder, frequency_sec=3600)
+    names = ["".join(["a.", "first"]), "".join(["a.", "second"])]
+    counts = [sys.getrefcount(n) for n in names]
+    for i in (0, 1, 0, 1):
+        buf.incr_counter(names[i], 1)
+    assert [sys.getrefcount(n) for n in names] == [c + 1 for c in counts]
+    assert buf.pending() == [("counter", n, None, 2, 2) for n in names]
+
+
+def test_more_names_than_the_buffer_holds_each_add_up(recorder: Recorder) -> None:
+    buf = MetricsBuffer(recorder, frequency_sec=3600)
+    names = [f"name.{i}" for i in range(200)]
+    for round in range(4):
+        for i, name in enumerate(names):
+            buf.incr_counter(name, i + round)
+    assert buf.pending() == [("counter", n, None, 4 * i + 6, 4) for i, n in enumerate(names)]
+
+
 def test_lone_surrogates_in_names_and_tags_are_kept_as_they_are() -> None:
     """Any str is accepted, as stock arroyo accepts it, and emitted as the same text."""
     log = CallLog()

@@ -182,6 +182,12 @@ impl Window {
     fn remember<S: AsRef<[u8]>>(&mut self, add: &Add<'_, S>, at: u32) {
         if let Some(p) = add.prepared {
             p.last.store(at, Ordering::Relaxed);
+            // An entry made before the key was prepared (by an add of the same name and tags)
+            // takes the key's `Arc`, so that the key finds it by identity from now on.
+            let entry = &mut self.entries[at as usize];
+            if !Arc::ptr_eq(&entry.key, &p.key) {
+                entry.key = Arc::clone(&p.key);
+            }
         } else if let Some(address) = Self::name_address(add) {
             let [first, second] = Self::hint_slots(address, add.kind);
             // The first slot unless the second already holds this name or is free.
@@ -734,38 +740,48 @@ mod tests {
         apply(&mut w, &[p.add(Value::Int(16))]);
         assert_eq!(sums(&w), expected);
 
-        // An entry made by a plain add: the prepared key finds it by hash every time.
+        // An entry made by a plain add: a prepared key that finds it by hash gives it its own
+        // Arc, and finds it by hint from then on (until another Arc of the same key does so).
         let mut w = Window::new(hasher.clone());
         plain(&mut w, 1);
+        let made = Arc::clone(&w.entries()[0].key);
         apply(&mut w, &[p.add(Value::Int(2)), s.add(Value::Float(0.5))]);
+        assert!(Arc::ptr_eq(&w.entries()[0].key, &p.key));
+        assert!(w.hinted(&p.add(Value::Int(0))) == Some(0));
         apply(&mut w, &[p.add(Value::Int(4)), twin.add(Value::Int(8))]);
+        assert!(Arc::ptr_eq(&w.entries()[0].key, &twin.key));
+        assert!(w.hinted(&p.add(Value::Int(0))).is_none());
         apply(&mut w, &[s.add(Value::Float(0.25)), p.add(Value::Int(16))]);
-        assert!(!Arc::ptr_eq(&w.entries()[0].key, &p.key));
+        assert!(Arc::ptr_eq(&w.entries()[0].key, &p.key));
+        assert_eq!(*made, *p.key);
         assert_eq!(sums(&w), expected);
         assert_eq!(w.sample_count(), 2);
     }
 
     #[test]
-    fn a_prepared_key_at_the_address_of_a_dropped_one_is_not_taken_for_it() {
+    fn a_prepared_key_that_found_an_entry_by_hash_is_kept_by_it() {
+        // The entry takes the key's Arc, so a key dropped afterwards leaves its allocation to the
+        // entry: no later key can have its address and be taken for it.
         let hasher = KeyHasher::default();
         let mut w = Window::new(hasher.clone());
         let tags = [("t", "1")];
         w.apply(&[add(Kind::Counter, "a", &tags, Value::Int(1))], usize::MAX)
             .unwrap();
         let first = Prepared::new(&hasher, Kind::Counter, b"a", &tags);
-        w.apply(&[first.add(Value::Int(2))], usize::MAX).unwrap(); // hinted at its address
-        let address = Arc::as_ptr(&first.key);
-        drop(first); // its entry was not made from it, so nothing keeps its allocation
-        let mut made = Vec::new();
-        let other = loop {
-            let p = Prepared::new(&hasher, Kind::Counter, b"b", &tags);
-            if Arc::as_ptr(&p.key) == address {
-                break p;
-            }
-            assert!(made.len() < 64, "the allocator never reused the address");
-            made.push(p);
-        };
-        w.apply(&[other.add(Value::Int(4))], usize::MAX).unwrap();
+        w.apply(&[first.add(Value::Int(2))], usize::MAX).unwrap(); // found by hash
+        assert!(Arc::ptr_eq(&w.entries()[0].key, &first.key));
+        drop(first);
+        assert_eq!(Arc::strong_count(&w.entries()[0].key), 1);
+        let others: Vec<Prepared> = (0..64)
+            .map(|_| Prepared::new(&hasher, Kind::Counter, b"b", &tags))
+            .collect();
+        assert!(
+            others
+                .iter()
+                .all(|p| !Arc::ptr_eq(&p.key, &w.entries()[0].key))
+        );
+        w.apply(&[others[0].add(Value::Int(4))], usize::MAX)
+            .unwrap();
         assert_eq!(
             sums(&w),
             vec![

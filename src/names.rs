@@ -1,0 +1,135 @@
+//! Untagged metric names a buffer has seen before, found again by the identity of their `str`
+//! object: a call that passes the same object as before (arroyo's calls pass the same literal
+//! every time) skips the name's UTF-8, hashing and comparison, and adds through a key prepared
+//! once (see [`metrics_buffer::Prepared`]).
+//!
+//! A slot holds a reference to its `str`, so while the slot lives no other object can have that
+//! address, and an equal address means the same (immutable) text. Slots are filled once and never
+//! emptied, so a key handed out stays valid for the buffer's life whatever the caller does
+//! meanwhile (a recording call may emit, and the backend may record again). A name is remembered
+//! the second time its object is seen, so that names made afresh on each call (an f-string) do not
+//! take the slots; those, and names beyond the slots, take the usual path.
+
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+
+use crate::locked::Core;
+use metrics_buffer::{Kind, Prepared};
+
+/// A power of two: a StreamProcessor's buffer has about a dozen untagged names.
+const SLOTS: usize = 32;
+
+struct Named {
+    name: Py<PyString>,
+    key: Prepared,
+}
+
+// A slot shares its `Named` between threads through a raw pointer, which checks nothing itself.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<Named>();
+};
+
+/// Filled at most once, without waiting on anyone (a `OnceLock` makes a second filler wait for
+/// the first, which a fork can leave waiting for good), and emptied only when dropped.
+struct Slot(AtomicPtr<Named>);
+
+impl Slot {
+    #[inline(always)]
+    fn get(&self) -> Option<&Named> {
+        let named = self.0.load(Ordering::Acquire);
+        // SAFETY: a pointer other than null is a `Box` that `fill` leaked and only `drop` frees,
+        // which takes the slot by `&mut`, so no borrow from `&self` outlives it; the `Acquire`
+        // load pairs with the `Release` that published it, so its contents are all written.
+        unsafe { named.as_ref() }
+    }
+
+    /// Fills an empty slot; a slot filled meanwhile keeps what it has.
+    fn fill(&self, named: Named) {
+        let new = Box::into_raw(Box::new(named));
+        let filled =
+            self.0
+                .compare_exchange(ptr::null_mut(), new, Ordering::AcqRel, Ordering::Acquire);
+        if filled.is_err() {
+            // SAFETY: `new` came from `Box::into_raw` above and was never published.
+            drop(unsafe { Box::from_raw(new) });
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let named = *self.0.get_mut();
+        if !named.is_null() {
+            // SAFETY: published by `fill` from `Box::into_raw`, and freed only here, once.
+            drop(unsafe { Box::from_raw(named) });
+        }
+    }
+}
+
+pub(crate) struct Names {
+    slots: [Slot; SLOTS],
+    /// Per slot, addresses of names that missed there lately (only compared, never followed).
+    seen: [AtomicUsize; SLOTS],
+}
+
+impl Names {
+    pub(crate) fn new() -> Self {
+        Names {
+            slots: std::array::from_fn(|_| Slot(AtomicPtr::new(ptr::null_mut()))),
+            seen: std::array::from_fn(|_| AtomicUsize::new(0)),
+        }
+    }
+
+    /// The two slots `name` may be in under `kind` (two, so that two names that share the first
+    /// still both find a place).
+    #[inline(always)]
+    fn slots_of(name: &Bound<'_, PyAny>, kind: Kind) -> [usize; 2] {
+        // Fibonacci hashing: the top bits of the product depend on every bit of the address.
+        let mixed = (name.as_ptr() as u64 ^ kind as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let first = (mixed >> (64 - SLOTS.trailing_zeros())) as usize;
+        [first, first ^ 1]
+    }
+
+    /// The key remembered for this very object under `kind`, if any.
+    #[inline(always)]
+    pub(crate) fn get(&self, name: &Bound<'_, PyAny>, kind: Kind) -> Option<&Prepared> {
+        Self::slots_of(name, kind).into_iter().find_map(|slot| {
+            let named = self.slots[slot].get()?;
+            (named.name.as_ptr() == name.as_ptr() && named.key.kind == kind).then_some(&named.key)
+        })
+    }
+
+    /// Called on a miss with a `str` whose UTF-8 is `utf8`: the second miss of the same object
+    /// (while a slot for it is free) remembers it. Any subclass of `str` is left out: only `str`
+    /// itself is known to be immutable.
+    pub(crate) fn missed(&self, core: &Core, name: &Bound<'_, PyString>, utf8: &[u8], kind: Kind) {
+        if !name.is_exact_instance_of::<PyString>() {
+            return;
+        }
+        let [first, second] = Self::slots_of(name.as_any(), kind);
+        let Some(free) = [first, second]
+            .into_iter()
+            .find(|&s| self.slots[s].get().is_none())
+        else {
+            return;
+        };
+        // The last two names that missed here (so that two that alternate are both remembered).
+        let address = name.as_ptr() as usize;
+        let last = self.seen[first].load(Ordering::Relaxed);
+        if last != address && self.seen[second].load(Ordering::Relaxed) != address {
+            self.seen[second].store(last, Ordering::Relaxed);
+            self.seen[first].store(address, Ordering::Relaxed);
+            return;
+        }
+        let no_tags: &[(&[u8], &[u8])] = &[];
+        let named = Named {
+            name: name.clone().unbind(),
+            key: core.prepare(kind, utf8, no_tags),
+        };
+        self.slots[free].fill(named);
+    }
+}
