@@ -10,14 +10,13 @@
 //! the second time its object is seen, so that names made afresh on each call (an f-string) do not
 //! take the slots; those, and names beyond the slots, take the usual path.
 
-use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
 use crate::locked::Core;
-use metrics_buffer::{Kind, Prepared};
+use metrics_buffer::{FillOnce, Kind, Prepared};
 
 /// A power of two: a StreamProcessor's buffer has about a dozen untagged names.
 const SLOTS: usize = 32;
@@ -27,51 +26,9 @@ struct Named {
     key: Prepared,
 }
 
-// A slot shares its `Named` between threads through a raw pointer, which checks nothing itself.
-const _: () = {
-    const fn shareable<T: Send + Sync>() {}
-    shareable::<Named>();
-};
-
-/// Filled at most once, without waiting on anyone (a `OnceLock` makes a second filler wait for
-/// the first, which a fork can leave waiting for good), and emptied only when dropped.
-struct Slot(AtomicPtr<Named>);
-
-impl Slot {
-    #[inline(always)]
-    fn get(&self) -> Option<&Named> {
-        let named = self.0.load(Ordering::Acquire);
-        // SAFETY: a pointer other than null is a `Box` that `fill` leaked and only `drop` frees,
-        // which takes the slot by `&mut`, so no borrow from `&self` outlives it; the `Acquire`
-        // load pairs with the `Release` that published it, so its contents are all written.
-        unsafe { named.as_ref() }
-    }
-
-    /// Fills an empty slot; a slot filled meanwhile keeps what it has.
-    fn fill(&self, named: Named) {
-        let new = Box::into_raw(Box::new(named));
-        let filled =
-            self.0
-                .compare_exchange(ptr::null_mut(), new, Ordering::AcqRel, Ordering::Acquire);
-        if filled.is_err() {
-            // SAFETY: `new` came from `Box::into_raw` above and was never published.
-            drop(unsafe { Box::from_raw(new) });
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let named = *self.0.get_mut();
-        if !named.is_null() {
-            // SAFETY: published by `fill` from `Box::into_raw`, and freed only here, once.
-            drop(unsafe { Box::from_raw(named) });
-        }
-    }
-}
-
 pub(crate) struct Names {
-    slots: [Slot; SLOTS],
+    /// Filled without waiting on anyone (see [`FillOnce`]), never emptied.
+    slots: [FillOnce<Named>; SLOTS],
     /// Per slot, addresses of names that missed there lately (only compared, never followed).
     seen: [AtomicUsize; SLOTS],
 }
@@ -79,7 +36,7 @@ pub(crate) struct Names {
 impl Names {
     pub(crate) fn new() -> Self {
         Names {
-            slots: std::array::from_fn(|_| Slot(AtomicPtr::new(ptr::null_mut()))),
+            slots: std::array::from_fn(|_| FillOnce::default()),
             seen: std::array::from_fn(|_| AtomicUsize::new(0)),
         }
     }
@@ -130,6 +87,6 @@ impl Names {
             name: name.clone().unbind(),
             key: core.prepare(kind, utf8, no_tags),
         };
-        self.slots[free].fill(named);
+        self.slots[free].fill(named); // or another thread filled it first
     }
 }

@@ -1,9 +1,11 @@
-//! A value of which a forked child gets a fresh copy: the one place with the core's `unsafe`.
+//! Cells that a fork cannot leave locked: the one place with the core's `unsafe`.
 //!
 //! `fork()` copies only the calling thread. A lock that another thread of the parent held at that
 //! moment stays held for good in the child, so a child must never touch the parent's locks. A
 //! [`ForkLocal`] belongs to one fork generation of the process; the first use in a later generation
-//! replaces it (the parent's copy is leaked, never touched again).
+//! replaces it (the parent's copy is leaked, never touched again). A [`FillOnce`] is filled at
+//! most once and never waits (a `OnceLock` makes a second filler wait for the first, which in a
+//! child may be a thread that does not exist there).
 
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
@@ -57,9 +59,13 @@ struct Slot<T> {
 /// A `T` per fork generation.
 pub struct ForkLocal<T> {
     current: AtomicPtr<Slot<T>>,
-    /// Owns a `T`: `Send`/`Sync` exactly when `T` is.
+    /// Owns a `T`: `Send` when `T` is (and `Sync` as below).
     _owns: PhantomData<T>,
 }
+
+// SAFETY: through `&ForkLocal` a thread reads the `T` (so `T: Sync`) and, in a child, may make the
+// one that its owner, on another thread, later drops (so `T: Send`).
+unsafe impl<T: Send + Sync> Sync for ForkLocal<T> {}
 
 impl<T> ForkLocal<T> {
     pub fn new(value: T) -> Self {
@@ -119,6 +125,64 @@ impl<T> Drop for ForkLocal<T> {
         // SAFETY: the current slot came from `Box::into_raw`, and with `&mut self` nobody else can
         // reach it any more.
         drop(unsafe { Box::from_raw(*self.current.get_mut()) });
+    }
+}
+
+/// A `T` set at most once and then kept until dropped, without waiting on anyone: of two threads
+/// that fill it at once, one keeps its value and the other's is dropped.
+pub struct FillOnce<T> {
+    value: AtomicPtr<T>,
+    /// Owns a `T`: `Send` when `T` is (and `Sync` as below).
+    _owns: PhantomData<T>,
+}
+
+// SAFETY: through `&FillOnce` a thread reads the `T` (so `T: Sync`) and may put in the one that its
+// owner, on another thread, later drops (so `T: Send`).
+unsafe impl<T: Send + Sync> Sync for FillOnce<T> {}
+
+impl<T> Default for FillOnce<T> {
+    fn default() -> Self {
+        FillOnce {
+            value: AtomicPtr::new(std::ptr::null_mut()),
+            _owns: PhantomData,
+        }
+    }
+}
+
+impl<T> FillOnce<T> {
+    #[inline(always)]
+    pub fn get(&self) -> Option<&T> {
+        let value = self.value.load(Ordering::Acquire);
+        // SAFETY: a pointer other than null came from `Box::into_raw` in `fill` and is freed only
+        // by `Drop`, which has `&mut self`, so no borrow of `&self` outlives it; the `Acquire` load
+        // pairs with the `Release` of the exchange that published it.
+        unsafe { value.as_ref() }
+    }
+
+    /// Fills it if it is empty; returns whether `value` is the one kept.
+    pub fn fill(&self, value: T) -> bool {
+        let new = Box::into_raw(Box::new(value));
+        let null = std::ptr::null_mut();
+        let won = self
+            .value
+            .compare_exchange(null, new, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if !won {
+            // SAFETY: `new` came from `Box::into_raw` above and was never published.
+            drop(unsafe { Box::from_raw(new) });
+        }
+        won
+    }
+}
+
+impl<T> Drop for FillOnce<T> {
+    fn drop(&mut self) {
+        let value = *self.value.get_mut();
+        if !value.is_null() {
+            // SAFETY: published by `fill` from `Box::into_raw`; with `&mut self` nobody else can
+            // reach it any more, and it is freed only here.
+            drop(unsafe { Box::from_raw(value) });
+        }
     }
 }
 
@@ -191,5 +255,46 @@ mod tests {
             "status {status}"
         );
         assert_eq!(*held, 1, "the parent's value is untouched");
+    }
+
+    #[test]
+    fn fill_once_keeps_the_first_value_and_drops_every_other() {
+        let kept = std::sync::Arc::new(1);
+        let other = std::sync::Arc::new(2);
+        let cell = FillOnce::default();
+        assert!(cell.get().is_none());
+        assert!(cell.fill(std::sync::Arc::clone(&kept)));
+        assert!(!cell.fill(std::sync::Arc::clone(&other)));
+        assert_eq!(cell.get().map(|v| **v), Some(1));
+        assert_eq!(
+            (
+                std::sync::Arc::strong_count(&kept),
+                std::sync::Arc::strong_count(&other)
+            ),
+            (2, 1)
+        );
+        drop(cell);
+        assert_eq!(std::sync::Arc::strong_count(&kept), 1);
+    }
+
+    #[test]
+    fn threads_filling_at_once_keep_exactly_one_value() {
+        let cell = FillOnce::default();
+        let values: Vec<std::sync::Arc<usize>> = (0..8).map(std::sync::Arc::new).collect();
+        let won: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = values
+                .iter()
+                .map(|v| {
+                    let cell = &cell;
+                    s.spawn(move || cell.fill(std::sync::Arc::clone(v)) as usize)
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(won, 1);
+        let kept = **cell.get().unwrap();
+        let counts: Vec<usize> = values.iter().map(std::sync::Arc::strong_count).collect();
+        assert_eq!(counts.iter().sum::<usize>(), 9);
+        assert_eq!(counts[kept], 2);
     }
 }
