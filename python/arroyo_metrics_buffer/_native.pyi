@@ -41,6 +41,8 @@ class MetricsBuffer:
     being flushed adds to the next window.
 
     Names and tags may be any ``str``, lone surrogates included, and are emitted as the same text.
+    The buffer keeps a reference to up to 32 untagged names (``str`` objects it was passed more
+    than once) until it is dropped, to find them again by identity.
 
     Reference cycles through the buffer (a backend holding it, its delivery callback or its bound
     ``flush``) are collected by the garbage collector; both classes take weak references.
