@@ -135,7 +135,9 @@ impl DeliveryCallbackPy {
             &self.error
         };
         let buffer = &self.buffer.get().shared;
-        let counter = status.add(Value::Int(1));
+        // A report is never refused: a count that the user's own calls took to the i64 limit
+        // goes on in an entry of its own (two increments whose sum is stock's).
+        let counter = status.add(Value::Int(1)).apart_at_overflow();
         let Some(latency) = &self.latency else {
             return buffer.record(py, &[counter]);
         };

@@ -318,6 +318,35 @@ def test_delivery_callbacks_made_and_dropped_in_turn_add_to_the_same_keys(record
     ]
 
 
+def test_a_delivery_report_at_the_counters_limit_is_counted_apart_not_refused(
+    recorder: Recorder,
+) -> None:
+    """No exception out of a delivery callback, even when the user's own calls took its counter to
+    the 64-bit limit: the report's count goes to an entry of its own."""
+    buf = MetricsBuffer(recorder, frequency_sec=3600)
+    counter, ok = "arroyo.producer.produce_status", {"status": "success"}
+    buf.incr_counter(counter, 2**63 - 1, ok)
+    callback = buf.delivery_callback(counter, ok, {"status": "error"}, "latency", None)
+    with mock.patch("time.time", FakeClock(10.0)):
+        callback.report(None, None, 9.5)
+        callback.report(None, None, 9.75)
+    with pytest.raises(OverflowError, match="would overflow"):
+        buf.incr_counter(counter, 2**63 - 2, ok)  # the user's own delta is still refused
+    buf.incr_counter(counter, 1, ok)  # and added to the entry that counts on
+    assert buf.pending() == [
+        ("counter", counter, ok, 2**63 - 1, 1),
+        ("counter", counter, ok, 3, 3),
+        ("sample", "latency", None, 0.75, 2),
+    ]
+    buf.flush()
+    assert recorder.calls == [
+        ("increment", counter, 2**63 - 1, ok),
+        ("increment", counter, 3, ok),
+        ("timing", "latency", 0.5, None),
+        ("timing", "latency", 0.25, None),
+    ]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [

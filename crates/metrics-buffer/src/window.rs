@@ -17,6 +17,10 @@ pub struct Add<'a, S> {
     /// The same key made in advance (`name` and `tags` are its own), for keys used over and over;
     /// `None` hashes and compares `name` and `tags` here.
     pub prepared: Option<&'a Prepared>,
+    /// A counter add that would take its key's sum out of the i64 range is refused (false), or
+    /// added to a new entry of the key, emitted after the full one (true: a count that is not the
+    /// caller's input to check, a delivery report's).
+    pub apart_at_overflow: bool,
 }
 
 impl<'a, S: AsRef<[u8]>> Add<'a, S> {
@@ -33,6 +37,15 @@ impl<'a, S: AsRef<[u8]>> Add<'a, S> {
             tags,
             amount,
             prepared: None,
+            apart_at_overflow: false,
+        }
+    }
+
+    /// The same add, kept apart rather than refused at overflow (see `apart_at_overflow`).
+    pub fn apart_at_overflow(self) -> Self {
+        Add {
+            apart_at_overflow: true,
+            ..self
         }
     }
 }
@@ -74,6 +87,7 @@ impl Prepared {
             tags: &self.key.tags,
             amount,
             prepared: Some(self),
+            apart_at_overflow: false,
         }
     }
 }
@@ -271,7 +285,7 @@ impl Window {
             if let Some(slot) = found.get_mut(i) {
                 *slot = (hash, at);
             }
-            if let Value::Int(delta) = add.amount {
+            if let (Value::Int(delta), false) = (add.amount, add.apart_at_overflow) {
                 self.check_counter(at, &adds[..i], add, delta)?;
             }
         }
@@ -299,7 +313,7 @@ impl Window {
         max_samples: usize,
     ) -> Result<u64, CoreError> {
         let (hash, at) = self.locate(add);
-        if let Value::Int(delta) = add.amount {
+        if let (Value::Int(delta), false) = (add.amount, add.apart_at_overflow) {
             self.check_counter(at, &[], add, delta)?;
         }
         if add.kind == Kind::Sample && self.samples.len() >= max_samples {
@@ -314,6 +328,15 @@ impl Window {
     #[inline(always)]
     fn add_located<S: AsRef<[u8]>>(&mut self, add: &Add<'_, S>, hash: u64, at: Option<u32>) {
         let at = match at {
+            Some(at) if add.apart_at_overflow && self.would_overflow(at, add.amount) => {
+                // As `merge_one` keeps a give-back apart: this entry goes out as it is.
+                let hash = self.seal(at);
+                let key = match add.prepared {
+                    Some(p) => Arc::clone(&p.key),
+                    None => Arc::clone(&self.entries[at as usize].key),
+                };
+                self.insert(hash, add.kind, key, add.amount.zero())
+            }
             Some(at) => at,
             None => {
                 let key = match add.prepared {
@@ -377,6 +400,14 @@ impl Window {
         entry.count += count;
     }
 
+    /// Whether adding `amount` to entry `at` would take an integer sum out of the i64 range.
+    fn would_overflow(&self, at: u32, amount: Value) -> bool {
+        match (self.entries[at as usize].sum, amount) {
+            (Value::Int(sum), Value::Int(more)) => sum.checked_add(more).is_none(),
+            _ => false,
+        }
+    }
+
     fn entry_for(&mut self, kind: Kind, key: &Arc<Key>, zero: Value) -> u32 {
         let hash = self.hasher.hash(kind, &key.name, &key.tags);
         match self.find(hash, kind, &key.name, &key.tags) {
@@ -437,13 +468,11 @@ impl Window {
             return 1;
         }
         let mut at = self.entry_for(kind, key, value.zero());
-        if let (Value::Int(sum), Value::Int(more)) = (self.entries[at as usize].sum, value) {
-            if sum.checked_add(more).is_none() {
-                // Kept apart rather than saturated: this entry goes out as it is, and the key's
-                // later values go to a new one, emitted after it.
-                let hash = self.seal(at);
-                at = self.insert(hash, kind, key.clone(), value.zero());
-            }
+        if self.would_overflow(at, value) {
+            // Kept apart rather than saturated: this entry goes out as it is, and the key's
+            // later values go to a new one, emitted after it.
+            let hash = self.seal(at);
+            at = self.insert(hash, kind, key.clone(), value.zero());
         }
         self.accumulate(at, value, count);
         if let (Kind::Sample, Value::Float(v)) = (kind, value) {
@@ -555,6 +584,55 @@ mod tests {
         assert_eq!(w.entries()[0].sum, Value::Int(i64::MAX));
         w.apply(&[counter("d", i64::MIN)], usize::MAX).unwrap();
         assert!(w.apply(&[counter("d", -1)], usize::MAX).is_err());
+    }
+
+    #[test]
+    fn an_add_kept_apart_at_overflow_starts_a_new_entry_after_the_full_one() {
+        let hasher = KeyHasher::default();
+        let tags = [("status", "ok")];
+        let p = Prepared::new(&hasher, Kind::Counter, b"c", &tags);
+        let mut w = Window::new(hasher.clone());
+        let full = add(Kind::Counter, "c", &tags, Value::Int(i64::MAX));
+        w.apply(&[full], usize::MAX).unwrap();
+        let report = |w: &mut Window| {
+            let sample = add(Kind::Sample, "l", NO_TAGS, Value::Float(0.5));
+            let counter = add(Kind::Counter, "c", &tags, Value::Int(1)).apart_at_overflow();
+            w.apply(&[counter, sample], usize::MAX).unwrap();
+            w.apply(&[p.add(Value::Int(1)).apart_at_overflow()], usize::MAX)
+                .unwrap();
+        };
+        report(&mut w);
+        report(&mut w);
+        // A plain add is still refused, and changes nothing.
+        w.apply(&[counter("d", i64::MAX)], usize::MAX).unwrap();
+        assert!(w.apply(&[counter("d", 1)], usize::MAX).is_err());
+        assert_eq!(
+            sums(&w),
+            vec![
+                (Kind::Counter, Key::new("c", &tags), Value::Int(i64::MAX), 1),
+                (Kind::Counter, Key::new("c", &tags), Value::Int(4), 4),
+                (Kind::Sample, Key::new("l", NO_TAGS), Value::Float(1.0), 2),
+                (
+                    Kind::Counter,
+                    Key::new("d", NO_TAGS),
+                    Value::Int(i64::MAX),
+                    1
+                ),
+            ]
+        );
+        assert!(Arc::ptr_eq(&w.entries()[1].key, &p.key));
+        assert_eq!(
+            emitted(&w)
+                .into_iter()
+                .filter(|(kind, ..)| *kind == Kind::Counter)
+                .map(|(_, name, value)| (name, value))
+                .collect::<Vec<_>>(),
+            vec![
+                ("c".to_owned(), Value::Int(i64::MAX)),
+                ("c".to_owned(), Value::Int(4)),
+                ("d".to_owned(), Value::Int(i64::MAX)),
+            ]
+        );
     }
 
     #[test]
