@@ -29,7 +29,8 @@ struct Named {
 pub(crate) struct Names {
     /// Filled without waiting on anyone (see [`FillOnce`]), never emptied.
     slots: [FillOnce<Named>; SLOTS],
-    /// Per slot, addresses of names that missed there lately (only compared, never followed).
+    /// Per pair of slots, the addresses of the last two names that missed there (only compared,
+    /// never followed).
     seen: [AtomicUsize; SLOTS],
 }
 
@@ -74,12 +75,14 @@ impl Names {
         else {
             return;
         };
-        // The last two names that missed here (so that two that alternate are both remembered).
+        // The last two names that missed in this pair of slots (whichever of the two is their
+        // first), so that two names that alternate are both remembered.
         let address = name.as_ptr() as usize;
-        let last = self.seen[first].load(Ordering::Relaxed);
-        if last != address && self.seen[second].load(Ordering::Relaxed) != address {
-            self.seen[second].store(last, Ordering::Relaxed);
-            self.seen[first].store(address, Ordering::Relaxed);
+        let [newest, older] = [&self.seen[first & !1], &self.seen[first | 1]];
+        let last = newest.load(Ordering::Relaxed);
+        if last != address && older.load(Ordering::Relaxed) != address {
+            older.store(last, Ordering::Relaxed);
+            newest.store(address, Ordering::Relaxed);
             return;
         }
         let no_tags: &[(&[u8], &[u8])] = &[];

@@ -717,13 +717,21 @@ def test_a_name_used_again_is_held_and_found_by_its_object(recorder: Recorder) -
 
 
 def test_two_names_used_by_turns_are_both_held(recorder: Recorder) -> None:
-    buf = MetricsBuffer(recorder, frequency_sec=3600)
-    names = ["".join(["a.", "first"]), "".join(["a.", "second"])]
-    counts = [sys.getrefcount(n) for n in names]
-    for i in (0, 1, 0, 1):
-        buf.incr_counter(names[i], 1)
-    assert [sys.getrefcount(n) for n in names] == [c + 1 for c in counts]
-    assert buf.pending() == [("counter", n, None, 2, 2) for n in names]
+    """Whichever slots their addresses give them, two names used by turns are both kept from their
+    second use. (200 pairs of new objects, all kept alive, with 0-39 strings of the same size made
+    between the two: the distance between their addresses varies, and so do their slots.)"""
+    alive = []
+    for i in range(200):
+        buf = MetricsBuffer(recorder, frequency_sec=3600)
+        first = "".join(["a.", f"{i:03}"])
+        alive.append(["".join(["s.", f"{i:03}"]) for _ in range(i % 40)])
+        names = [first, "".join(["b.", f"{i:03}"])]
+        alive.append(names)
+        counts = [sys.getrefcount(n) for n in names]
+        for at in (0, 1, 0, 1):
+            buf.incr_counter(names[at], 1)
+        assert [sys.getrefcount(n) for n in names] == [c + 1 for c in counts], i
+        assert buf.pending() == [("counter", n, None, 2, 2) for n in names]
 
 
 def test_more_names_than_the_buffer_holds_each_add_up(recorder: Recorder) -> None:
