@@ -329,13 +329,7 @@ impl Window {
     fn add_located<S: AsRef<[u8]>>(&mut self, add: &Add<'_, S>, hash: u64, at: Option<u32>) {
         let at = match at {
             Some(at) if add.apart_at_overflow && self.would_overflow(at, add.amount) => {
-                // As `merge_one` keeps a give-back apart: this entry goes out as it is.
-                let hash = self.seal(at);
-                let key = match add.prepared {
-                    Some(p) => Arc::clone(&p.key),
-                    None => Arc::clone(&self.entries[at as usize].key),
-                };
-                self.insert(hash, add.kind, key, add.amount.zero())
+                self.start_anew(at)
             }
             Some(at) => at,
             None => {
@@ -398,6 +392,15 @@ impl Window {
             (Value::Int(a), Value::Float(b)) => Value::Float(a as f64 + b),
         };
         entry.count += count;
+    }
+
+    /// Kept apart rather than saturated: entry `at` goes out as it is, and its key's later values
+    /// go to a new entry (sharing its key's `Arc`), emitted after it. Returns the new entry.
+    fn start_anew(&mut self, at: u32) -> u32 {
+        let hash = self.seal(at);
+        let full = &self.entries[at as usize];
+        let (kind, key, zero) = (full.kind, Arc::clone(&full.key), full.sum.zero());
+        self.insert(hash, kind, key, zero)
     }
 
     /// Whether adding `amount` to entry `at` would take an integer sum out of the i64 range.
@@ -469,10 +472,7 @@ impl Window {
         }
         let mut at = self.entry_for(kind, key, value.zero());
         if self.would_overflow(at, value) {
-            // Kept apart rather than saturated: this entry goes out as it is, and the key's
-            // later values go to a new one, emitted after it.
-            let hash = self.seal(at);
-            at = self.insert(hash, kind, key.clone(), value.zero());
+            at = self.start_anew(at);
         }
         self.accumulate(at, value, count);
         if let (Kind::Sample, Value::Float(v)) = (kind, value) {
