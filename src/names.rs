@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyString;
 
 use crate::locked::Core;
-use metrics_buffer::{FillOnce, Kind, Prepared};
+use metrics_buffer::{FillOnce, Kind, Prepared, slot_pair};
 
 /// A power of two: a StreamProcessor's buffer has about a dozen untagged names.
 const SLOTS: usize = 32;
@@ -42,23 +42,17 @@ impl Names {
         }
     }
 
-    /// The two slots `name` may be in under `kind` (two, so that two names that share the first
-    /// still both find a place).
-    #[inline(always)]
-    fn slots_of(name: &Bound<'_, PyAny>, kind: Kind) -> [usize; 2] {
-        // Fibonacci hashing: the top bits of the product depend on every bit of the address.
-        let mixed = (name.as_ptr() as u64 ^ kind as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let first = (mixed >> (64 - SLOTS.trailing_zeros())) as usize;
-        [first, first ^ 1]
-    }
-
     /// The key remembered for this very object under `kind`, if any.
     #[inline(always)]
     pub(crate) fn get(&self, name: &Bound<'_, PyAny>, kind: Kind) -> Option<&Prepared> {
-        Self::slots_of(name, kind).into_iter().find_map(|slot| {
-            let named = self.slots[slot].get()?;
-            (named.name.as_ptr() == name.as_ptr() && named.key.kind == kind).then_some(&named.key)
-        })
+        let address = name.as_ptr() as usize;
+        slot_pair::<SLOTS>(address, kind)
+            .into_iter()
+            .find_map(|slot| {
+                let named = self.slots[slot].get()?;
+                (named.name.as_ptr() as usize == address && named.key.kind == kind)
+                    .then_some(&named.key)
+            })
     }
 
     /// Called on a miss with a `str` whose UTF-8 is `utf8`: the second miss of the same object
@@ -68,7 +62,8 @@ impl Names {
         if !name.is_exact_instance_of::<PyString>() {
             return;
         }
-        let [first, second] = Self::slots_of(name.as_any(), kind);
+        let address = name.as_ptr() as usize;
+        let [first, second] = slot_pair::<SLOTS>(address, kind);
         let Some(free) = [first, second]
             .into_iter()
             .find(|&s| self.slots[s].get().is_none())
@@ -77,7 +72,6 @@ impl Names {
         };
         // The last two names that missed in this pair of slots (whichever of the two is their
         // first), so that two names that alternate are both remembered.
-        let address = name.as_ptr() as usize;
         let [newest, older] = [&self.seen[first & !1], &self.seen[first | 1]];
         let last = newest.load(Ordering::Relaxed);
         if last != address && older.load(Ordering::Relaxed) != address {

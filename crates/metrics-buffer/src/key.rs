@@ -34,6 +34,18 @@ impl Value {
     }
 }
 
+/// The pair of slots, of `SLOTS` (a power of two), that something found by its `address` (a
+/// name's bytes, a `str` object) may be kept in under `kind`: two, so that two addresses that share
+/// the first slot can both be kept.
+#[inline(always)]
+pub fn slot_pair<const SLOTS: usize>(address: usize, kind: Kind) -> [usize; 2] {
+    const { assert!(SLOTS.is_power_of_two() && SLOTS >= 2) };
+    // Fibonacci hashing: the top bits of the product depend on every bit of the address.
+    let mixed = (address as u64 ^ kind as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let first = (mixed >> (64 - SLOTS.trailing_zeros())) as usize;
+    [first, first ^ 1]
+}
+
 /// A name, a tag key or a tag value: the text's UTF-8 bytes.
 pub type Text = Box<[u8]>;
 
@@ -149,6 +161,33 @@ mod tests {
         assert_ne!(
             hasher.hash(Kind::Timer, b"m", &swapped),
             hasher.hash(Kind::Counter, b"m", &swapped)
+        );
+    }
+
+    #[test]
+    fn slot_pairs_are_two_neighbours_and_spread_over_every_pair() {
+        // Addresses as an allocator hands them out: aligned, close together.
+        for kind in [Kind::Timer, Kind::Counter, Kind::Sample] {
+            let mut used = [0u32; 16];
+            for address in (0x7f00_0000_1000usize..).step_by(16).take(1024) {
+                let [first, second] = slot_pair::<32>(address, kind);
+                assert!(first < 32 && second < 32);
+                assert_eq!(first ^ second, 1, "the two slots of one pair");
+                used[first / 2] += 1;
+            }
+            // Every pair is used, none by more than twice its share.
+            assert!(
+                used.iter().all(|&n| n > 0 && n <= 2 * 1024 / 16),
+                "{kind:?}: {used:?}"
+            );
+        }
+        let moves = (0..256usize)
+            .map(|i| 0x5555_0000 + 64 * i)
+            .filter(|&a| slot_pair::<32>(a, Kind::Timer) != slot_pair::<32>(a, Kind::Counter))
+            .count();
+        assert!(
+            moves > 128,
+            "the kind moves most names to another pair ({moves} of 256)"
         );
     }
 }

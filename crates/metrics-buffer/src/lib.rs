@@ -62,7 +62,7 @@ mod window;
 pub use failures::{FailureLog, Report};
 pub use flush::{Begin, Emit, State};
 pub use fork::{FillOnce, ForkLocal, after_fork_in_child, generation, register_at_fork};
-pub use key::{Key, Kind, Text, Value};
+pub use key::{Key, Kind, Text, Value, slot_pair};
 pub use lock::Lock;
 pub use window::{Add, Emission, Entry, Prepared, Window};
 

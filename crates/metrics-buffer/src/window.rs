@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use hashbrown::HashTable;
 
 use super::CoreError;
-use super::key::{Key, KeyHasher, Kind, Value, same_bytes, same_tags};
+use super::key::{Key, KeyHasher, Kind, Value, same_bytes, same_tags, slot_pair};
 
 /// One change to make to a window: add `amount` under (`kind`, `name`, `tags`).
 pub struct Add<'a, S> {
@@ -159,15 +159,6 @@ impl Window {
         self.samples.len()
     }
 
-    /// The pair of hint slots an untagged name's bytes may be remembered in (two, so that two
-    /// names whose addresses share a slot still both hit).
-    fn hint_slots(address: usize, kind: Kind) -> [usize; 2] {
-        // Fibonacci hashing: the top bits of the product depend on every bit of the address.
-        let mixed = (address as u64 ^ kind as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let first = (mixed >> (64 - HINTS.trailing_zeros())) as usize;
-        [first, first ^ 1]
-    }
-
     /// The entry an untagged name or a prepared key was last found at, if it still matches.
     #[inline(always)]
     fn hinted<S: AsRef<[u8]>>(&self, add: &Add<'_, S>) -> Option<u32> {
@@ -177,7 +168,7 @@ impl Window {
             return (Arc::ptr_eq(&e.key, &p.key) && e.kind == p.kind && !e.sealed).then_some(at);
         }
         let address = Self::name_address(add)?;
-        Self::hint_slots(address, add.kind)
+        slot_pair::<HINTS>(address, add.kind)
             .into_iter()
             .find_map(|slot| {
                 let (hinted, at) = self.hints[slot];
@@ -203,7 +194,7 @@ impl Window {
                 entry.key = Arc::clone(&p.key);
             }
         } else if let Some(address) = Self::name_address(add) {
-            let [first, second] = Self::hint_slots(address, add.kind);
+            let [first, second] = slot_pair::<HINTS>(address, add.kind);
             // The first slot unless the second already holds this name or is free.
             let free = |slot: usize| matches!(self.hints[slot], (a, _) if a == address || a == 0);
             let slot = if !free(first) && free(second) {
