@@ -31,8 +31,10 @@ from arroyo_metrics_buffer.cli.progress import Progress
 from helpers import MOCK_CLUSTER, TARGETS, needs_kafka, producer_has_latency
 
 
-def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, timeout: float = 240, switch: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "ARROYO_METRICS_BUFFER"}
+    if switch is not None:
+        env["ARROYO_METRICS_BUFFER"] = switch
     return subprocess.run(
         [sys.executable, "-m", "arroyo_metrics_buffer", *args],
         capture_output=True,
@@ -115,6 +117,19 @@ def test_check_reports_each_target() -> None:
         (t, True, True) for t in TARGETS
     ]
     assert report["build"] == ("free-threaded" if sysconfig.get_config_var("Py_GIL_DISABLED") else "with GIL")
+
+
+@needs_kafka
+def test_check_says_install_patches_nothing_when_switched_off() -> None:
+    done = cli("check", "--import", "arroyo_metrics_buffer.auto", switch=" OFF ")
+    assert done.returncode == 0, done.stderr
+    assert "ARROYO_METRICS_BUFFER= OFF : install() patches nothing" in done.stdout.splitlines()
+    for target in TARGETS:
+        [line] = [line for line in done.stdout.splitlines() if line.startswith(target)]
+        assert line.split()[-2:] == ["no", "no"]  # patched now / install() would patch
+    report = json.loads(cli("check", "--json", switch="off").stdout)
+    assert [(t["patched_now"], t["install_would_patch"]) for t in report["targets"]] == [(False, False)] * 2
+    assert report["switch"] == "off"
 
 
 @needs_kafka

@@ -38,10 +38,12 @@ class TargetStatus:
     patched: bool
     #: Why the shape is unknown or the target could not be found.
     problem: str | None = None
+    #: ``ARROYO_METRICS_BUFFER=off``: install() patches nothing.
+    switched_off: bool = False
 
     @property
     def would_patch(self) -> bool:
-        return self.shape is not None and self.shape.needs_patch
+        return not self.switched_off and self.shape is not None and self.shape.needs_patch
 
 
 @dataclass
@@ -94,6 +96,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def switched_off() -> bool:
+    """Whether ``ARROYO_METRICS_BUFFER=off`` makes install() a no-op."""
+    return os.environ.get(SWITCH, "").strip().lower() == "off"
+
+
 def arroyo_version() -> str | None:
     try:
         from importlib.metadata import version
@@ -127,7 +134,7 @@ def install() -> list[str]:
     with _lock:
         if _patched and _complete:
             return list(_patched)
-        if os.environ.get(SWITCH, "").strip().lower() == "off":
+        if switched_off():
             logger.info(
                 "arroyo_metrics_buffer %s: switched off by %s=off; nothing patched", __version__, SWITCH
             )
@@ -216,15 +223,15 @@ def installed() -> list[str]:
 
 def status() -> list[TargetStatus]:
     """Each target: its detected shape, and whether it is patched now / would be by install()."""
+    off = switched_off()
     with _lock:
         patched = {name: patch.cls for name, patch in _patched.items()}
         inspected = [(target, *_inspect(target)) for target in all_targets()]
     out = []
     for target, cls, shape in inspected:
         if isinstance(shape, str):
-            out.append(TargetStatus(target.name, None, False, shape))
+            out.append(TargetStatus(target.name, None, False, shape, off))
         else:
-            out.append(
-                TargetStatus(target.name, shape, target.name in patched and patched[target.name] is cls)
-            )
+            now = target.name in patched and patched[target.name] is cls
+            out.append(TargetStatus(target.name, shape, now, switched_off=off))
     return out

@@ -11,7 +11,7 @@ import sysconfig
 from typing import Any
 
 from .. import _native
-from .._patch import SWITCH, arroyo_version, status
+from .._patch import SWITCH, arroyo_version, status, switched_off
 from .table import table
 
 
@@ -73,7 +73,10 @@ def check(imports: list[str], as_json: bool) -> int:
     print(
         f"arroyo {r['arroyo'] or 'not installed'}; {r['confluent_kafka'] or 'confluent-kafka not installed'}"
     )
-    print(f"{SWITCH}={r['switch']}" if r["switch"] is not None else f"{SWITCH} is not set")
+    if r["switch"] is None:
+        print(f"{SWITCH} is not set")
+    else:
+        print(f"{SWITCH}={r['switch']}" + (": install() patches nothing" if switched_off() else ""))
     for module in imports:
         print(f"imported {module}: " + (r["import_errors"].get(module) or "ok"))
     if not r["targets"]:
