@@ -36,6 +36,25 @@ def test_importing_the_package_loads_only_the_runtime() -> None:
     assert out == repr(RUNTIME)
 
 
+def test_install_imports_nothing_beyond_arroyo_and_the_runtime() -> None:
+    """install() runs at start-up: the modules it loads beyond arroyo's targets are ours alone (no
+    importlib.metadata, which brings some forty modules), and it still names arroyo's version."""
+    pytest.importorskip("arroyo")
+    out = run_python(
+        "import sys, logging, arroyo.processing.processor, arroyo.backends.kafka.consumer\n"
+        "import arroyo_metrics_buffer\n"
+        "before = set(sys.modules)\n"
+        "arroyo_metrics_buffer.install()\n"
+        "print(sorted(set(sys.modules) - before))\n"
+        "from arroyo_metrics_buffer._patch import arroyo_version\n"
+        "from importlib.metadata import version\n"
+        "print(arroyo_version() == version('sentry-arroyo'), arroyo_version() is not None)"
+    )
+    new, same = out.splitlines()
+    assert [m for m in eval(new) if not m.startswith(("arroyo.", "confluent_kafka"))] == []
+    assert same == "True True"
+
+
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)

@@ -102,6 +102,27 @@ def switched_off() -> bool:
 
 
 def arroyo_version() -> str | None:
+    """The installed sentry-arroyo's version. Read from its ``.dist-info`` beside the ``arroyo``
+    package, as install() runs at start-up: ``importlib.metadata`` imports some forty modules
+    (email, zipfile, ...) and took 30 ms on 3.11, 120-180 ms on 3.14. It is the fallback when
+    that folder is not found (an installation of another kind)."""
+    try:
+        arroyo = importlib.import_module("arroyo")
+        root = os.path.dirname(os.path.dirname(arroyo.__file__ or ""))
+        found = [
+            e.path
+            for e in os.scandir(root)
+            if e.name.lower().startswith("sentry_arroyo-") and e.name.endswith(".dist-info")
+        ]
+        if len(found) == 1:
+            with open(os.path.join(found[0], "METADATA"), encoding="utf-8") as metadata:
+                for line in metadata:
+                    if line.startswith("Version:"):
+                        return line.split(":", 1)[1].strip()
+                    if not line.strip():
+                        break  # the end of the headers
+    except Exception:
+        pass
     try:
         from importlib.metadata import version
 
