@@ -51,7 +51,7 @@ def test_install_imports_nothing_beyond_arroyo_and_the_runtime() -> None:
         "print(arroyo_version() == version('sentry-arroyo'), arroyo_version() is not None)"
     )
     new, same = out.splitlines()
-    assert [m for m in eval(new) if not m.startswith(("arroyo.", "confluent_kafka"))] == []
+    assert [m for m in ast.literal_eval(new) if not m.startswith(("arroyo.", "confluent_kafka"))] == []
     assert same == "True True"
 
 

@@ -30,6 +30,7 @@ def report(imports: list[str]) -> dict[str, Any]:
         kafka: str | None = versions()
     except ImportError:
         kafka = None
+    arroyo = arroyo_version()
     targets = (
         [
             {
@@ -41,7 +42,7 @@ def report(imports: list[str]) -> dict[str, Any]:
             }
             for s in status()
         ]
-        if arroyo_version() is not None
+        if arroyo is not None
         else []
     )
     return {
@@ -50,7 +51,7 @@ def report(imports: list[str]) -> dict[str, Any]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "build": "free-threaded" if free_threaded else "with GIL",
         "gil_enabled": gil,
-        "arroyo": arroyo_version(),
+        "arroyo": arroyo,
         "confluent_kafka": kafka,
         "switch": os.environ.get(SWITCH),
         "imported": imports,
